@@ -1,0 +1,61 @@
+# edgefleet: `make demo` and `make test` work on a fresh Debian/Ubuntu machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: setup mosquitto test lint typecheck pytest demo bench schemas zoo clean
+
+# --- set-up -------------------------------------------------------------------
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python >= 3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[hub,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+setup: $(STAMP) mosquitto
+
+# Tests and the demo start their own mosquitto as a child process; it must be installed.
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's mosquitto"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	else \
+		echo "mosquitto is missing: run 'sudo apt-get install mosquitto' (Debian/Ubuntu), then retry"; exit 1; \
+	fi
+
+# --- checks -------------------------------------------------------------------
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy protocols models edge_agent cloud_hub
+
+pytest: setup
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test: setup lint typecheck pytest
+
+# --- the demo and benchmarks ----------------------------------------------------
+demo: setup
+	$(PY) -m edge_agent.demo
+
+bench: setup
+	$(PY) -m bench
+
+# --- maintenance ----------------------------------------------------------------
+schemas: $(STAMP)
+	$(PY) -m protocols.schema --write protocols/schemas
+
+# Re-export the zoo models (needs torch: pip install torch==2.13.0) and re-sign them.
+zoo: $(STAMP)
+	$(PY) -m models.zoo.export
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

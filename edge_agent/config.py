@@ -1,0 +1,138 @@
+"""The agent's configuration: one TOML file, validated by pydantic (unknown keys are errors)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, model_validator
+
+from edge_agent.errors import ConfigError
+from models.runtimes.config import OnnxRuntimeConfig, RuntimeConfig
+from protocols.common import Name
+from protocols.pipeline import PipelineSpec
+
+__all__ = ["AgentConfig", "BatchingConfig", "HttpConfig", "ModelBatching", "PipelineSpec", "load_config"]
+
+MiB = 1 << 20
+# Measured with bench/serving.py: waiting for a batch to grow while the runtime is idle only adds latency
+# for closed-loop clients; batches still form under load because requests queue while a batch runs.
+DEFAULT_MAX_QUEUE_DELAY_MS = 0.0
+
+
+class _Config(BaseModel):
+    """Base of config sections: unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpConfig(_Config):
+    """The local V2 HTTP endpoint."""
+
+    host: str = Field(default="127.0.0.1", description="Address to bind; loopback by default (local apps only).")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    max_body_bytes: PositiveInt = Field(
+        default=64 * MiB, description="Largest request body, and largest decompressed body, in bytes (413 above)."
+    )
+
+
+class ModelBatching(_Config):
+    """Per-model overrides of the dynamic batcher."""
+
+    max_queue_delay_ms: NonNegativeFloat | None = Field(
+        default=None, description="Override of batching.max_queue_delay_ms for this model."
+    )
+    max_batch_size: PositiveInt | None = Field(
+        default=None, description="Cap below the manifest's max_batch_size (rows per batch); None = manifest's."
+    )
+
+
+class BatchingConfig(_Config):
+    """The dynamic batcher: one queue per model, one execution lane per accelerator."""
+
+    max_queue_delay_ms: NonNegativeFloat = Field(
+        default=DEFAULT_MAX_QUEUE_DELAY_MS,
+        description=(
+            "How long the oldest queued request may wait for its batch to grow while the runtime is idle. "
+            "0 = run at once with whatever is queued (batches still form while a batch runs)."
+        ),
+    )
+    pipeline_depth: int = Field(
+        default=2,
+        ge=1,
+        le=4,
+        description="Batches handed to the accelerator's worker at once (2 hides the hand-off gap between batches).",
+    )
+    models: dict[Name, ModelBatching] = Field(default_factory=dict, description="Per-model overrides by model name.")
+
+
+class AgentConfig(_Config):
+    """Everything `edge-agent serve` needs; fleet sections (MQTT, provisioning) are added by their owners."""
+
+    http: HttpConfig = Field(default_factory=HttpConfig, description="The local V2 HTTP endpoint.")
+    state_dir: Path = Field(
+        default=Path("/var/lib/edgefleet/agent"),
+        description="Directory of the model store (models/<name>/<version>/) and other persistent state.",
+    )
+    model_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Directories whose packages (name/version/ dirs, nested allowed) are imported at start.",
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="PEM ed25519 public keys whose signatures make a package trusted."
+    )
+    verify_packages: bool = Field(
+        default=True,
+        description="Verify signature and hashes before installing a package; false only with standalone = true.",
+    )
+    standalone: bool = Field(
+        default=False,
+        description="Development / cloud-pool mode: no fleet link, no offload; allows verify_packages = false.",
+    )
+    runtime: RuntimeConfig = Field(
+        default_factory=OnnxRuntimeConfig, description="Backend that runs every model (default onnxruntime)."
+    )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batching.")
+    expose_models: bool = Field(
+        default=True,
+        description="Also serve every model under its own name (standard priority) unless a pipeline has that name.",
+    )
+    pipelines: list[PipelineSpec] = Field(
+        default_factory=list, description="V2 model names served with a priority class, deadline and offload policy."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AgentConfig:
+        if not self.verify_packages and not self.standalone:
+            raise ValueError("verify_packages = false is only allowed with standalone = true (development mode)")
+        if self.verify_packages and self.model_dirs and not self.trusted_keys:
+            raise ValueError("model_dirs are verified before import: name at least one trusted_keys file")
+        names = [p.name for p in self.pipelines]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate pipeline names: {dupes}")
+        return self
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate a TOML config file; ConfigError names the file and every problem."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {str(path)!r} is not valid TOML: {exc}") from exc
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"config {str(path)!r} is invalid: {reasons}") from exc
+    base = path.parent
+    # Relative paths in the file are relative to the file, as operators expect.
+    return config.model_copy(
+        update={
+            "state_dir": base / config.state_dir,
+            "model_dirs": [base / p for p in config.model_dirs],
+            "trusted_keys": [base / p for p in config.trusted_keys],
+        }
+    )

@@ -1,0 +1,240 @@
+"""The on-disk model store: verified package versions per model and an atomically switched active pointer.
+
+Layout under `root` (= state_dir/models)::
+
+    <name>/<version>/          a verified package directory, immutable once visible
+    <name>/active.json         {"active": "2", "previous": "1"}, replaced atomically
+    <name>/.incoming-*         a copy in progress; never read, removed on open()
+
+A version becomes visible only by `os.rename` of a fully copied, fsynced and verified directory, and
+the pointer only by `os.replace` of a fsynced temp file, so a crash leaves either the old or the new state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.errors import NotFound, StoreError
+from models.errors import PackageError
+from models.package import ModelPackage, open_package, package_sha256, verify_package
+from models.signing import Ed25519PublicKey
+from protocols.common import is_safe_name
+from protocols.manifest import MANIFEST_FILE
+
+__all__ = ["ModelStore", "Pointer", "find_packages", "version_key"]
+
+logger = logging.getLogger(__name__)
+
+POINTER_FILE = "active.json"
+_INCOMING = ".incoming-"
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """The active version of a model and the one before it (the rollback target)."""
+
+    active: str | None = None
+    previous: str | None = None
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders "2" < "10" and "1.9" < "1.10"."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[._+-]", version))
+
+
+def find_packages(root: Path) -> Iterator[Path]:
+    """Every directory under `root` (itself included) that holds a manifest.json, sorted."""
+    if (root / MANIFEST_FILE).is_file():
+        yield root
+        return
+    for manifest in sorted(root.rglob(MANIFEST_FILE)):
+        yield manifest.parent
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+class ModelStore:
+    """Versions per model on disk with an active pointer; blocking I/O (call from a worker thread)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def open(self) -> None:
+        """Create the root and remove what a crash left behind (incoming copies, pointer temp files)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for model_dir in self.root.iterdir():
+            if not model_dir.is_dir():
+                continue
+            for entry in model_dir.iterdir():
+                if entry.name.startswith(_INCOMING):
+                    logger.warning("removing incomplete install %s", entry)
+                    shutil.rmtree(entry, ignore_errors=True)
+                elif entry.name.startswith(f".{POINTER_FILE}.") and entry.name.endswith(".tmp"):
+                    entry.unlink(missing_ok=True)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Names of models with at least one installed version."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def versions(self, name: str) -> list[str]:
+        """Installed versions of a model, oldest first."""
+        model_dir = self._model_dir(name)
+        if not model_dir.is_dir():
+            return []
+        found = [p.name for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return sorted(found, key=version_key)
+
+    def path(self, name: str, version: str) -> Path:
+        """Directory of an installed version; NotFound if absent."""
+        path = self._model_dir(name) / version
+        if not is_safe_name(version) or not (path / MANIFEST_FILE).is_file():
+            raise NotFound(f"model {name!r} has no installed version {version!r}")
+        return path
+
+    def package(self, name: str, version: str) -> ModelPackage:
+        """The installed package (already verified at install)."""
+        try:
+            return open_package(self.path(name, version))
+        except PackageError as exc:
+            raise StoreError(f"installed package {name}:{version} is unreadable: {exc}") from exc
+
+    def pointer(self, name: str) -> Pointer:
+        """The model's active/previous pointer (empty if never activated)."""
+        path = self._model_dir(name) / POINTER_FILE
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return Pointer()
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"pointer {path} is unreadable: {exc}") from exc
+        if not isinstance(data, dict):
+            raise StoreError(f"pointer {path} is not a JSON object")
+        return Pointer(active=data.get("active"), previous=data.get("previous"))
+
+    def active(self, name: str) -> str | None:
+        """The active version of a model, or None."""
+        return self.pointer(name).active
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def install(
+        self,
+        source: Path,
+        trusted_keys: Mapping[str, Ed25519PublicKey],
+        *,
+        verify: bool = True,
+    ) -> ModelPackage:
+        """Copy a package into the store, verify the copy, and make it visible atomically; idempotent."""
+        try:
+            src = open_package(source)
+        except PackageError as exc:
+            raise StoreError(f"cannot open package {str(source)!r}: {exc}") from exc
+        name, version = src.manifest.name, src.manifest.version
+        model_dir = self._model_dir(name)
+        final = model_dir / version
+        if final.exists():
+            existing = self.package(name, version)
+            if package_sha256(existing) != package_sha256(src):
+                raise StoreError(f"{name}:{version} is already installed with different content")
+            return existing
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_INCOMING}{version}-", dir=model_dir))
+        try:
+            shutil.copytree(src.path, tmp, dirs_exist_ok=True, symlinks=True)
+            # Verify the copy, not the source, so what is checked is exactly what will run.
+            copy = open_package(tmp)
+            if verify:
+                verify_package(copy, trusted_keys, require_signature=True)
+            _fsync_tree(tmp)
+            os.rename(tmp, final)
+            _fsync_dir(model_dir)
+        except PackageError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"package {name}:{version} from {str(source)!r} failed verification: {exc}") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("installed model %s version %s", name, version)
+        return self.package(name, version)
+
+    def activate(self, name: str, version: str) -> Pointer:
+        """Make `version` active; the old active becomes `previous`."""
+        self.path(name, version)
+        current = self.pointer(name)
+        if current.active == version:
+            return current
+        pointer = Pointer(active=version, previous=current.active)
+        self._write_pointer(name, pointer)
+        logger.info("model %s: active version %s (previous %s)", name, version, pointer.previous)
+        return pointer
+
+    def rollback(self, name: str) -> Pointer:
+        """Switch back to the previous version (the current one becomes previous)."""
+        current = self.pointer(name)
+        if current.previous is None:
+            raise StoreError(f"model {name!r} has no previous version to roll back to")
+        self.path(name, current.previous)
+        pointer = Pointer(active=current.previous, previous=current.active)
+        self._write_pointer(name, pointer)
+        logger.info("model %s: rolled back to %s", name, pointer.active)
+        return pointer
+
+    def remove(self, name: str, version: str) -> None:
+        """Delete an installed version that is neither active nor previous."""
+        pointer = self.pointer(name)
+        if version in (pointer.active, pointer.previous):
+            raise StoreError(f"{name}:{version} is referenced by the active pointer")
+        path = self.path(name, version)
+        # Hide it first (rename is atomic), then delete at leisure.
+        hidden = path.with_name(f"{_INCOMING}removed-{version}")
+        os.rename(path, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
+
+    def _write_pointer(self, name: str, pointer: Pointer) -> None:
+        model_dir = self._model_dir(name)
+        data = json.dumps({"active": pointer.active, "previous": pointer.previous}).encode()
+        fd, tmp = tempfile.mkstemp(prefix=f".{POINTER_FILE}.", suffix=".tmp", dir=model_dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, model_dir / POINTER_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(model_dir)
+
+    def _model_dir(self, name: str) -> Path:
+        if not is_safe_name(name):
+            raise NotFound(f"invalid model name {name!r}")
+        return self.root / name

@@ -1,0 +1,1 @@
+"""Model artifacts: package format, signing, export, compile, and runtimes that run batches."""

@@ -1,0 +1,41 @@
+"""A pipeline: a named model served with a priority class, a deadline and an offload policy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from protocols.common import Name, Version, WireModel
+
+PriorityClass = Literal["safety", "standard", "best_effort"]
+OffloadPolicy = Literal["never", "overflow"]
+# Strict order used by the scheduler: lower runs first.
+PRIORITY_RANK: dict[str, int] = {"safety": 0, "standard": 1, "best_effort": 2}
+
+
+class PipelineSpec(WireModel):
+    """How a V2 model name is served on a device: model, priority, deadline, offload."""
+
+    name: Name = Field(description="The V2 model name local apps call.")
+    model: Name = Field(description="Name of the model (package) that runs it.")
+    version: Version | None = Field(default=None, description="Pinned model version; None = the active one.")
+    priority: PriorityClass = Field(default="standard", description="Priority class across all models.")
+    deadline_ms: PositiveInt = Field(default=1000, description="End-to-end deadline of a request.")
+    offload: OffloadPolicy | None = Field(
+        default=None,
+        description="May overflow go to a cloud pool. Default: never for safety, overflow otherwise.",
+    )
+
+    @model_validator(mode="after")
+    def _safety_stays_local(self) -> PipelineSpec:
+        if self.priority == "safety" and self.offload == "overflow":
+            raise ValueError(f"pipeline {self.name!r}: safety pipelines never leave the device")
+        return self
+
+    @property
+    def effective_offload(self) -> OffloadPolicy:
+        """The offload policy with the class default applied."""
+        if self.offload is not None:
+            return self.offload
+        return "never" if self.priority == "safety" else "overflow"

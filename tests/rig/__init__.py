@@ -1,0 +1,35 @@
+"""Test rig: a throw-away PKI and real mosquitto brokers started as child processes."""
+
+from .mosquitto import (
+    DEFAULT_PREFIX,
+    FLAVOURS,
+    HUB_USERNAME,
+    INSTALL_HINT,
+    Flavour,
+    Mosquitto,
+    MosquittoFactory,
+    MosquittoError,
+    MosquittoNotInstalledError,
+    find_mosquitto,
+    free_port,
+    require_mosquitto,
+)
+from .pki import CertificateAuthority, TestPKI, client_ssl_context
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "FLAVOURS",
+    "HUB_USERNAME",
+    "INSTALL_HINT",
+    "CertificateAuthority",
+    "Flavour",
+    "Mosquitto",
+    "MosquittoFactory",
+    "MosquittoError",
+    "MosquittoNotInstalledError",
+    "TestPKI",
+    "client_ssl_context",
+    "find_mosquitto",
+    "free_port",
+    "require_mosquitto",
+]
