@@ -70,9 +70,12 @@ class AgentConfig(_Config):
     """Everything `edge-agent serve` needs; fleet sections (MQTT, provisioning) are added by their owners."""
 
     http: HttpConfig = Field(default_factory=HttpConfig, description="The local V2 HTTP endpoint.")
-    state_dir: Path = Field(
-        default=Path("/var/lib/edgefleet/agent"),
-        description="Directory of the model store (models/<name>/<version>/) and other persistent state.",
+    state_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Directory of the model store (models/<name>/<version>/) and other persistent state; required "
+            "unless standalone, where None serves the packages of model_dirs in place."
+        ),
     )
     model_dirs: list[Path] = Field(
         default_factory=list,
@@ -105,6 +108,8 @@ class AgentConfig(_Config):
     def _consistent(self) -> AgentConfig:
         if not self.verify_packages and not self.standalone:
             raise ValueError("verify_packages = false is only allowed with standalone = true (development mode)")
+        if self.state_dir is None and not self.standalone:
+            raise ValueError("state_dir is required (only standalone mode serves model_dirs in place)")
         if self.verify_packages and self.model_dirs and not self.trusted_keys:
             raise ValueError("model_dirs are verified before import: name at least one trusted_keys file")
         names = [p.name for p in self.pipelines]
@@ -131,7 +136,7 @@ def load_config(path: Path) -> AgentConfig:
     # Relative paths in the file are relative to the file, as operators expect.
     return config.model_copy(
         update={
-            "state_dir": base / config.state_dir,
+            "state_dir": None if config.state_dir is None else base / config.state_dir,
             "model_dirs": [base / p for p in config.model_dirs],
             "trusted_keys": [base / p for p in config.trusted_keys],
         }

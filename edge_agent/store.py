@@ -22,14 +22,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.config import AgentConfig
 from edge_agent.errors import NotFound, StoreError
 from models.errors import PackageError
 from models.package import ModelPackage, open_package, package_sha256, verify_package
-from models.signing import Ed25519PublicKey
+from models.signing import Ed25519PublicKey, load_trusted_keys
 from protocols.common import is_safe_name
 from protocols.manifest import MANIFEST_FILE
 
-__all__ = ["ModelStore", "Pointer", "find_packages", "version_key"]
+__all__ = ["ModelStore", "Pointer", "collect", "discover", "find_packages", "import_into", "version_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -238,3 +239,72 @@ class ModelStore:
         if not is_safe_name(name):
             raise NotFound(f"invalid model name {name!r}")
         return self.root / name
+
+
+def discover(
+    model_dirs: list[Path], trusted_keys: Mapping[str, Ed25519PublicKey], *, verify: bool
+) -> list[ModelPackage]:
+    """Open (and verify) every package under `model_dirs`, for serving in place."""
+    packages: list[ModelPackage] = []
+    for root in model_dirs:
+        if not root.is_dir():
+            raise StoreError(f"model directory {str(root)!r} does not exist")
+        for path in find_packages(root):
+            try:
+                pkg = open_package(path)
+                if verify:
+                    verify_package(pkg, trusted_keys, require_signature=True)
+            except PackageError as exc:
+                raise StoreError(f"package {str(path)!r} failed verification: {exc}") from exc
+            packages.append(pkg)
+    return packages
+
+
+def import_into(
+    store: ModelStore,
+    model_dirs: list[Path],
+    trusted_keys: Mapping[str, Ed25519PublicKey],
+    *,
+    verify: bool,
+) -> None:
+    """Install every package under `model_dirs`; a model with no active version gets its newest."""
+    for root in model_dirs:
+        if not root.is_dir():
+            raise StoreError(f"model directory {str(root)!r} does not exist")
+        for path in find_packages(root):
+            store.install(path, trusted_keys, verify=verify)
+    for name in store.models():
+        if store.active(name) is None:
+            store.activate(name, store.versions(name)[-1])
+
+
+def collect(config: AgentConfig) -> tuple[list[ModelPackage], dict[str, str]]:
+    """The packages to serve and the active version per model, per the config (blocking I/O).
+
+    With a state_dir, model_dirs are imported into the store and its active versions (plus versions
+    pinned by pipelines) are served; without one (standalone only) model_dirs are served in place.
+    """
+    keys = load_trusted_keys(config.trusted_keys) if config.trusted_keys else {}
+    verify = config.verify_packages
+    if config.state_dir is None:
+        packages = discover(config.model_dirs, keys, verify=verify)
+        newest: dict[str, str] = {}
+        for pkg in packages:
+            name, version = pkg.manifest.name, pkg.manifest.version
+            if name not in newest or version_key(version) > version_key(newest[name]):
+                newest[name] = version
+        return packages, newest
+    store = ModelStore(config.state_dir / "models")
+    store.open()
+    import_into(store, config.model_dirs, keys, verify=verify)
+    wanted: dict[tuple[str, str], None] = {}
+    active: dict[str, str] = {}
+    for name in store.models():
+        version = store.active(name)
+        if version is not None:
+            active[name] = version
+            wanted[(name, version)] = None
+    for spec in config.pipelines:
+        if spec.version is not None:
+            wanted[(spec.model, spec.version)] = None
+    return [store.package(name, version) for name, version in wanted], active

@@ -164,11 +164,19 @@ def open_package(
     p = Path(path)
     if not p.exists():
         raise PackageError(f"package {str(p)!r} does not exist")
-    if not p.is_dir():
-        target = Path(extract_to) if extract_to is not None else Path(tempfile.mkdtemp(prefix="edgefleet-pkg-"))
-        p = extract_tar(p, target, max_total_bytes=max_total_bytes)
-    manifest, signature = read_manifest(p)
-    return ModelPackage(path=p, manifest=manifest, signature=signature)
+    if p.is_dir():
+        manifest, signature = read_manifest(p)
+        return ModelPackage(path=p, manifest=manifest, signature=signature)
+    own_temp = extract_to is None
+    target = Path(tempfile.mkdtemp(prefix="edgefleet-pkg-")) if extract_to is None else Path(extract_to)
+    try:
+        extract_tar(p, target, max_total_bytes=max_total_bytes)
+        manifest, signature = read_manifest(target)
+    except BaseException:
+        if own_temp:  # the caller never saw this directory, so nobody else would remove it
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    return ModelPackage(path=target, manifest=manifest, signature=signature)
 
 
 # --- verifying -----------------------------------------------------------------------------------

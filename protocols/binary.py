@@ -92,7 +92,7 @@ def decode_request(
         if name in inputs:
             raise CodecError(f"duplicate input {name!r}")
         inputs[name] = array
-    _check_consumed(pos, end, header_length)
+    _check_consumed(pos, end)
     return DecodedRequest(
         id=request_id,
         parameters=parameters,
@@ -107,6 +107,8 @@ def decode_response(body: bytes, header_length: int | None) -> tuple[dict[str, A
     header, pos = _header(body, header_length, "response")
     items = header.get("outputs")
     if type(items) is not list:
+        if "error" in header:
+            raise CodecError(f"response is an error: {header['error']}")
         raise CodecError("response 'outputs' must be a JSON array")
     end = len(body)
     arrays: dict[str, np.ndarray[Any, Any]] = {}
@@ -117,7 +119,7 @@ def decode_response(body: bytes, header_length: int | None) -> tuple[dict[str, A
             raise CodecError(f"duplicate output {name!r}")
         arrays[name] = array
         described.append({k: v for k, v in item.items() if k != "data"})
-    _check_consumed(pos, end, header_length)
+    _check_consumed(pos, end)
     return {**header, "outputs": described}, arrays
 
 
@@ -139,10 +141,8 @@ def _header(body: bytes, header_length: int | None, what: str) -> tuple[dict[str
     return obj, pos
 
 
-def _check_consumed(pos: int, end: int, header_length: int | None) -> None:
+def _check_consumed(pos: int, end: int) -> None:
     if pos != end:
-        if header_length is None:
-            raise CodecError(f"tensors declare binary_data_size ({pos - end} bytes) but no {HEADER_LENGTH} was given")
         raise CodecError(f"{end - pos} trailing bytes after the binary tensor data")
 
 
@@ -201,6 +201,11 @@ def _tensor(
     if type(size) is not int or size < 0:
         raise CodecError(f"{where}: binary_data_size must be a non-negative integer")
     left = len(body) - pos
+    if size > left and left == 0:
+        raise CodecError(
+            f"{where}: binary_data_size {size} but no binary data follows the JSON header "
+            f"(short buffer; is {HEADER_LENGTH} missing?)"
+        )
     if size > left:
         raise CodecError(
             f"{where}: binary_data_size {size} runs past the end of the body (short buffer: {left} bytes left)"

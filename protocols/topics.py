@@ -35,9 +35,7 @@ class Topics:
 
     def __post_init__(self) -> None:
         if not _PREFIX.fullmatch(self.prefix):
-            raise ProtocolError(
-                f"invalid topic prefix {self.prefix!r}: use levels of [A-Za-z0-9._-] separated by '/'"
-            )
+            raise ProtocolError(f"invalid topic prefix {self.prefix!r}: use levels of [A-Za-z0-9._-] separated by '/'")
 
     def device(self, device_id: str, kind: TopicKind) -> str:
         """The topic of one kind for one device."""

@@ -12,6 +12,7 @@ Issue 4 replaces `_pick` with a strict-priority, deadline-aware choice across th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -115,7 +116,7 @@ class Batcher:
         if queue is None:
             raise NotFound(f"no queue for model {key!r}")
         future: asyncio.Future[Tensors] = self._loop.create_future()
-        queue.push(Request(inputs, rows, future, self._clock.time(), priority, deadline))
+        queue.push(Request(inputs, rows, future, self._clock.time(), priority=priority, deadline=deadline))
         self._idle.clear()
         if not self._scheduled and self._inflight < self._depth:
             self._scheduled = True
@@ -177,10 +178,9 @@ class Batcher:
         except BaseException as exc:  # every Future of the batch fails with it
             results = exc
         elapsed = time.perf_counter() - start
-        try:
+        # RuntimeError: the loop closed during shutdown, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._complete, queue, batch, results, elapsed)
-        except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
-            pass
 
     def _complete(
         self, queue: ModelQueue, batch: list[Request], results: list[Tensors] | BaseException, elapsed: float

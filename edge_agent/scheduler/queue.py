@@ -32,6 +32,7 @@ class Request:
         rows: int,
         future: asyncio.Future[Tensors],
         enqueued_at: float,
+        *,
         priority: int = 0,
         deadline: float | None = None,
     ) -> None:

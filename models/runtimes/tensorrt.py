@@ -199,7 +199,7 @@ def _attach_timing_cache(cfg: Any, path: Path | None) -> Any:
 
 def _progress_monitor(trt: Any, model: str) -> Any:
     """A builder progress monitor that logs phases (TensorRT >= 10), or None."""
-    base = getattr(trt, "IProgressMonitor", None)
+    base: Any = getattr(trt, "IProgressMonitor", None)
     if base is None:
         return None
 

@@ -170,9 +170,7 @@ async def test_manifest_mismatch_fails_at_load(tmp_path: Path) -> None:
     )
     with pytest.raises(RuntimeFailure, match="'other' is not a model output"):
         await OnnxRuntime(tmp_path, bad).load()
-    bad_type = manifest.model_copy(
-        update={"inputs": (manifest.inputs[0].model_copy(update={"datatype": "FP16"}),)}
-    )
+    bad_type = manifest.model_copy(update={"inputs": (manifest.inputs[0].model_copy(update={"datatype": "FP16"}),)})
     with pytest.raises(RuntimeFailure, match="manifest says FP16"):
         await OnnxRuntime(tmp_path, bad_type).load()
 

@@ -281,14 +281,19 @@ class Mosquitto:
         self.log_path.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         self._output = self.output_path.open("wb")
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._output,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # own process group: a Ctrl-C to pytest does not reach it first
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [self.binary, "-c", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=self._output,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # own process group: a Ctrl-C to pytest does not reach it first
+            )
+        except OSError as exc:
+            self._output.close()
+            self._output = None
+            raise MosquittoError(f"cannot run {self.binary}: {exc}") from exc
         self.pids.append(self._proc.pid)
         try:
             self._wait_until_accepting()
@@ -302,8 +307,7 @@ class Mosquitto:
         while True:
             if self._proc.poll() is not None:
                 raise MosquittoError(
-                    f"mosquitto exited with {self._proc.returncode} on {self.host}:{self.port}:\n"
-                    f"{self.log_tail()}"
+                    f"mosquitto exited with {self._proc.returncode} on {self.host}:{self.port}:\n{self.log_tail()}"
                 )
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):

@@ -1,0 +1,97 @@
+"""Device registry queries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloud_hub.errors import NotFound
+from cloud_hub.store import schema
+from cloud_hub.store.records import DeviceRecord
+
+_d = schema.devices.c
+ACTIVE = "active"
+REVOKED = "revoked"
+# Columns ingest may update; anything else changes only through provisioning or revoke.
+INGEST_COLUMNS = frozenset(
+    {"online", "last_seen", "boot_id", "last_seq", "last_load", "models", "agent_version", "hardware", "reported"}
+)
+
+
+async def get(conn: AsyncConnection, device_id: str) -> DeviceRecord | None:
+    """One device, or None."""
+    row = (await conn.execute(select(schema.devices).where(_d.id == device_id))).mappings().first()
+    return None if row is None else DeviceRecord.from_row(row)
+
+
+async def require(conn: AsyncConnection, device_id: str) -> DeviceRecord:
+    """One device; NotFound if absent."""
+    record = await get(conn, device_id)
+    if record is None:
+        raise NotFound(f"no device {device_id!r}")
+    return record
+
+
+async def list_all(conn: AsyncConnection, labels: Mapping[str, str] | None = None) -> list[DeviceRecord]:
+    """Devices ordered by id, optionally those whose labels include every `labels` pair."""
+    rows = await conn.execute(select(schema.devices).order_by(_d.id))
+    records = [DeviceRecord.from_row(r) for r in rows.mappings()]
+    if labels:
+        # Filtered here rather than in SQL: JSON containment differs between SQLite and PostgreSQL.
+        records = [r for r in records if all(r.labels.get(k) == v for k, v in labels.items())]
+    return records
+
+
+async def insert_new(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
+    """Insert a freshly provisioned device."""
+    await conn.execute(insert(schema.devices).values(**values))
+
+
+async def reprovision(conn: AsyncConnection, device_id: str, values: Mapping[str, Any]) -> None:
+    """Give an existing device a new certificate (and hardware, labels)."""
+    await conn.execute(update(schema.devices).where(_d.id == device_id).values(**values))
+
+
+async def revoke(conn: AsyncConnection, device_id: str, now: float) -> DeviceRecord:
+    """Mark a device revoked (idempotent: the first revocation time is kept)."""
+    await require(conn, device_id)
+    await conn.execute(
+        update(schema.devices)
+        .where(_d.id == device_id, _d.status != REVOKED)
+        .values(status=REVOKED, revoked_at=now, online=False)
+    )
+    return await require(conn, device_id)
+
+
+async def revoked_serials(conn: AsyncConnection) -> list[tuple[str, float]]:
+    """(certificate serial hex, revoked_at) of every revoked device, for the CRL."""
+    rows = await conn.execute(select(_d.cert_serial, _d.revoked_at).where(_d.status == REVOKED).order_by(_d.id))
+    return [(serial, at or 0.0) for serial, at in rows]
+
+
+async def statuses(conn: AsyncConnection, ids: Iterable[str] | None = None) -> dict[str, str]:
+    """id -> status for every device (or for `ids`)."""
+    query = select(_d.id, _d.status)
+    if ids is not None:
+        query = query.where(_d.id.in_(list(ids)))
+    return {device_id: status for device_id, status in await conn.execute(query)}
+
+
+async def apply_updates(conn: AsyncConnection, updates: Mapping[str, Mapping[str, Any]]) -> None:
+    """Apply ingest updates {device_id: {column: value}}: one executemany per distinct column set."""
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for device_id, values in updates.items():
+        unknown = set(values) - INGEST_COLUMNS
+        if unknown:
+            raise ValueError(f"ingest may not update {sorted(unknown)}")
+        groups.setdefault(frozenset(values), []).append({"b_id": device_id, **{f"b_{k}": v for k, v in values.items()}})
+    for columns, params in groups.items():
+        stmt = (
+            update(schema.devices)
+            .where(_d.id == bindparam("b_id"), _d.status != REVOKED)
+            .values({c: bindparam(f"b_{c}") for c in sorted(columns)})
+        )
+        await conn.execute(stmt, params)

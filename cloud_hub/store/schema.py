@@ -1,0 +1,95 @@
+"""The current database schema (SQLAlchemy Core). Change it only together with a new step in migrations.py."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+# JSONB on PostgreSQL (indexable, compact), JSON text on SQLite.
+Json = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(200), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+# Times are Unix seconds (float) on both databases: no time-zone handling differs between them.
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("labels", Json, nullable=False),
+    Column("hardware", Json, nullable=True),
+    Column("claim_id", String(32), nullable=False),
+    Column("cert_serial", String(40), nullable=False),
+    Column("cert_fingerprint", String(64), nullable=False),
+    Column("cert_not_after", Float, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("online", Boolean, nullable=False),
+    Column("last_seen", Float, nullable=True),
+    Column("boot_id", String(64), nullable=True),
+    Column("last_seq", BigInteger, nullable=True),
+    Column("last_load", Json, nullable=True),
+    Column("models", Json, nullable=True),
+    Column("agent_version", String(64), nullable=True),
+    Column("reported", Json, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("provisioned_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+claims = Table(
+    "claims",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("labels", Json, nullable=False),
+    Column("uses_total", Integer, nullable=False),
+    Column("uses_left", Integer, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+telemetry = Table(
+    "telemetry",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("device_id", String(128), nullable=False),
+    Column("boot_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("sent_at", Float, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("pipelines", Json, nullable=False),
+    UniqueConstraint("device_id", "boot_id", "seq", name="uq_telemetry_device_boot_seq"),
+    Index("ix_telemetry_device_received", "device_id", "received_at"),
+    Index("ix_telemetry_received", "received_at"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)

@@ -1,0 +1,141 @@
+"""V2 REST handlers: decode (protocols.binary), call the serving core, encode. No model state here."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from edge_agent.errors import InvalidInput
+from edge_agent.http.errors import error_kind, error_response
+from edge_agent.http.keys import CORE_KEY, METRICS_KEY
+from edge_agent.serving import LoadedModel
+from protocols.binary import HEADER_LENGTH, decode_request, encode_response
+
+__all__ = ["routes"]
+
+_JSON = "application/json"
+_OCTET = "application/octet-stream"
+_UNSUPPORTED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+
+
+def _json(obj: object) -> web.Response:
+    return web.Response(body=json.dumps(obj, separators=(",", ":")).encode(), content_type=_JSON)
+
+
+def _header_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {value[:40]!r}") from None
+    if length < 0:
+        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {length}")
+    return length
+
+
+def _raw_input(model: LoadedModel) -> tuple[str, str, tuple[int, ...]] | None:
+    """Spec of a raw binary request (header length 0): the single input at batch 1."""
+    inputs = model.manifest.inputs
+    if len(inputs) != 1:
+        return None
+    spec = inputs[0]
+    shape = (1, *spec.shape[1:]) if model.max_batch_size > 0 else spec.shape
+    return spec.name, spec.datatype, shape
+
+
+def _scheduling(parameters: dict[str, Any]) -> tuple[int, int | None]:
+    """Triton's `priority` (0 = default, 1 = highest) and `timeout` (microseconds), validated."""
+    if not parameters:
+        return 0, None
+    for name in _UNSUPPORTED_PARAMETERS:
+        if name in parameters:
+            raise InvalidInput(f"request parameter {name!r} is not supported (no sequence batching)")
+    priority = parameters.get("priority", 0)
+    if type(priority) is not int or priority < 0:
+        raise InvalidInput("request parameter 'priority' must be a non-negative integer")
+    timeout = parameters.get("timeout")
+    if timeout is not None and (type(timeout) is not int or timeout < 0):
+        raise InvalidInput("request parameter 'timeout' must be a non-negative integer (microseconds)")
+    return priority, timeout
+
+
+async def infer(request: web.Request) -> web.Response:
+    """POST v2/models/{model}[/versions/{version}]/infer."""
+    start = time.perf_counter()
+    app = request.app
+    name = request.match_info["model"]
+    label = name
+    try:
+        route = app[CORE_KEY].route(name, request.match_info.get("version"))
+        header_length = _header_length(request.headers.get(HEADER_LENGTH))
+        body = await request.read()
+        raw = _raw_input(route.model) if header_length == 0 else None
+        decoded = decode_request(body, header_length, raw_input=raw)
+        priority, timeout_us = _scheduling(decoded.parameters)
+        wanted = decoded.outputs
+        requested = None if wanted is None else [o.name for o in wanted]
+        outputs = await app[CORE_KEY].infer(route, decoded.inputs, requested, priority=priority, timeout_us=timeout_us)
+        binary: Any = decoded.binary_output if wanted is None else {o.name: o.binary for o in wanted}.__getitem__
+        payload, length = encode_response(
+            model_name=name, model_version=route.model.version, id=decoded.id, outputs=outputs, binary=binary
+        )
+        if length is None:
+            response = web.Response(body=payload, content_type=_JSON)
+        else:
+            response = web.Response(body=payload, headers={HEADER_LENGTH: str(length), "Content-Type": _OCTET})
+    except Exception as exc:
+        response = error_response(exc)
+        if response.status == 404:
+            label = "<unknown>"  # unknown names must not grow the metrics' label set
+        app[METRICS_KEY].observe_error(label, error_kind(exc))
+    app[METRICS_KEY].observe_request(label, response.status, time.perf_counter() - start)
+    return response
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    """GET v2."""
+    return _json(request.app[CORE_KEY].server_metadata())
+
+
+async def live(request: web.Request) -> web.Response:
+    """GET v2/health/live: 200 while the process serves HTTP."""
+    return web.Response(status=200)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """GET v2/health/ready: 200 once every model is warmed up, else 400 (as Triton)."""
+    return web.Response(status=200 if request.app[CORE_KEY].ready() else 400)
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    """GET v2/models/{model}[/versions/{version}]."""
+    core = request.app[CORE_KEY]
+    route = core.route(request.match_info["model"], request.match_info.get("version"))
+    return _json(core.model_metadata(route))
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    """GET v2/models/{model}[/versions/{version}]/ready: 200 if warmed up, else 400."""
+    route = request.app[CORE_KEY].route(request.match_info["model"], request.match_info.get("version"))
+    return web.Response(status=200 if route.model.ready else 400)
+
+
+def routes() -> list[web.RouteDef]:
+    """The V2 routes."""
+    model = "/v2/models/{model}"
+    version = "/v2/models/{model}/versions/{version}"
+    return [
+        web.get("/v2", server_metadata),
+        web.get("/v2/health/live", live),
+        web.get("/v2/health/ready", ready),
+        web.get(model, model_metadata),
+        web.get(version, model_metadata),
+        web.get(f"{model}/ready", model_ready),
+        web.get(f"{version}/ready", model_ready),
+        web.post(f"{model}/infer", infer),
+        web.post(f"{version}/infer", infer),
+    ]

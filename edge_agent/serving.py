@@ -1,0 +1,294 @@
+"""The serving core: loaded models, pipelines (V2 model names), validation, and inference via the batcher.
+
+Transports (HTTP now, others later) decode, call `route` + `infer`, and encode; they hold no model state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig
+from edge_agent.errors import InvalidInput, NotFound, Unavailable
+from edge_agent.scheduler import Batcher, BatchObserver
+from edge_agent.store import version_key
+from models.package import ModelPackage
+from models.runtimes.base import Runtime
+from models.runtimes.factory import create_runtime
+from protocols.datatypes import numpy_dtype
+from protocols.manifest import Manifest, TensorSpec
+from protocols.pipeline import PipelineSpec
+
+__all__ = ["LoadedModel", "Route", "ServingCore"]
+
+logger = logging.getLogger(__name__)
+
+Tensors = dict[str, np.ndarray[Any, Any]]
+SERVER_NAME = "edgefleet-edge-agent"
+EXTENSIONS = ("binary_tensor_data", "parameters")
+
+
+def _tensor_meta(t: TensorSpec) -> dict[str, Any]:
+    return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One loaded version of a model: its runtime, limits and precomputed input checks."""
+
+    manifest: Manifest
+    runtime: Runtime
+    max_batch_size: int
+    ready: bool = False
+    key: str = field(init=False)
+    # (name, datatype, dtype, spec shape) per input, in manifest order.
+    checks: tuple[tuple[str, str, np.dtype[Any], tuple[int, ...]], ...] = field(init=False)
+    output_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = f"{self.manifest.name}:{self.manifest.version}"
+        self.checks = tuple((t.name, t.datatype, numpy_dtype(t.datatype), t.shape) for t in self.manifest.inputs)
+        self.output_names = tuple(t.name for t in self.manifest.outputs)
+
+    @property
+    def name(self) -> str:
+        """Model name."""
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        """Model version."""
+        return self.manifest.version
+
+    def validate(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> int:
+        """Check inputs strictly against the metadata; returns the request's row count."""
+        batching = self.max_batch_size > 0
+        rows = -1
+        for name, datatype, dtype, spec in self.checks:
+            array = inputs.get(name)
+            if array is None:
+                raise InvalidInput(f"missing input {name!r} for model {self.key!r}")
+            if array.dtype != dtype:
+                raise InvalidInput(f"input {name!r}: datatype mismatch, model expects {datatype}")
+            shape = array.shape
+            if len(shape) != len(spec) or any(s not in (-1, a) for s, a in zip(spec, shape, strict=True)):
+                raise InvalidInput(f"input {name!r}: shape {list(shape)} does not match model shape {list(spec)}")
+            if batching:
+                if rows == -1:
+                    rows = shape[0]
+                elif shape[0] != rows:
+                    raise InvalidInput(f"input {name!r}: batch size {shape[0]} differs from other inputs ({rows})")
+        if len(inputs) != len(self.checks):
+            extra = sorted(set(inputs) - {c[0] for c in self.checks})
+            raise InvalidInput(f"unexpected input(s) {extra} for model {self.key!r}")
+        if not batching:
+            return 1
+        if rows < 1 or rows > self.max_batch_size:
+            raise InvalidInput(f"batch size {rows} is outside 1..{self.max_batch_size} for model {self.key!r}")
+        return rows
+
+    def metadata(self, name: str, versions: list[str]) -> dict[str, Any]:
+        """V2 model metadata under a V2 model (pipeline) name."""
+        return {
+            "name": name,
+            "versions": versions,
+            "platform": self.runtime.info.platform,
+            "inputs": [_tensor_meta(t) for t in self.manifest.inputs],
+            "outputs": [_tensor_meta(t) for t in self.manifest.outputs],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A resolved V2 model name: the pipeline it names and the model version that serves the request."""
+
+    pipeline: PipelineSpec
+    model: LoadedModel
+
+
+def _zeros(spec: TensorSpec, rows: int | None) -> np.ndarray[Any, Any]:
+    """A zero-filled input; `rows` sets the batch axis (None: no batch axis), other -1 dims become 1."""
+    shape = [rows if i == 0 and rows is not None else (1 if d == -1 else d) for i, d in enumerate(spec.shape)]
+    if spec.datatype == "BYTES":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=numpy_dtype(spec.datatype))
+
+
+class ServingCore:
+    """Loaded models and pipelines behind one batcher per accelerator; the one place requests are served."""
+
+    def __init__(self, config: AgentConfig, *, observer: BatchObserver | None = None) -> None:
+        self.config = config
+        self._observer = observer
+        self._models: dict[str, dict[str, LoadedModel]] = {}
+        self._active: dict[str, str] = {}
+        self._pipelines: dict[str, PipelineSpec] = {}
+        self._batcher: Batcher | None = None
+        self.started = False
+
+    @property
+    def batcher(self) -> Batcher:
+        """The accelerator's batcher (after start)."""
+        if self._batcher is None:
+            raise Unavailable("the serving core is not started")
+        return self._batcher
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, packages: Sequence[ModelPackage], active: Mapping[str, str]) -> None:
+        """Load and warm up every package, then build the pipelines; `active` maps model -> version."""
+        self._batcher = Batcher("cpu", depth=self.config.batching.pipeline_depth, observer=self._observer)
+        for pkg in packages:
+            await self.load(pkg)
+        for name, versions in self._models.items():
+            self._active[name] = active.get(name) or max(versions, key=version_key)
+        self._pipelines = self._build_pipelines()
+        self.started = True
+        logger.info("serving %s pipeline(s): %s", len(self._pipelines), ", ".join(sorted(self._pipelines)))
+
+    async def load(self, pkg: ModelPackage) -> LoadedModel:
+        """Load one package version, register its queue, and warm it up (it is ready only after that)."""
+        manifest = pkg.manifest
+        override = self.config.batching.models.get(manifest.name)
+        max_batch = manifest.max_batch_size
+        if override is not None and override.max_batch_size is not None and max_batch > 0:
+            max_batch = min(max_batch, override.max_batch_size)
+        delay_ms = self.config.batching.max_queue_delay_ms
+        if override is not None and override.max_queue_delay_ms is not None:
+            delay_ms = override.max_queue_delay_ms
+        runtime = create_runtime(pkg.path, manifest, self.config.runtime)
+        await runtime.load()
+        model = LoadedModel(manifest=manifest, runtime=runtime, max_batch_size=max_batch)
+        self.batcher.add_queue(
+            model.key, runtime.run, tuple(t.name for t in manifest.inputs), max_batch, delay_ms / 1000.0
+        )
+        self._models.setdefault(manifest.name, {})[manifest.version] = model
+        await self._warm_up(model)
+        model.ready = True
+        logger.info("model %s ready on %s", model.key, runtime.info.provider)
+        return model
+
+    async def _warm_up(self, model: LoadedModel) -> None:
+        batching = model.max_batch_size > 0
+        for rows in sorted({1, model.max_batch_size}) if batching else [1]:
+            inputs = {t.name: _zeros(t, rows if batching else None) for t in model.manifest.inputs}
+            await self.batcher.submit(model.key, inputs, rows)
+
+    def activate(self, name: str, version: str) -> None:
+        """Route new requests for `name` to a loaded `version`; in-flight ones finish where they are."""
+        if version not in self._models.get(name, {}):
+            raise NotFound(f"model {name!r} version {version!r} is not loaded")
+        self._active[name] = version
+
+    async def unload(self, name: str, version: str) -> None:
+        """Stop routing to a version, let its queue drain, and release its runtime."""
+        model = self._models.get(name, {}).pop(version, None)
+        if model is None:
+            raise NotFound(f"model {name!r} version {version!r} is not loaded")
+        model.ready = False
+        await self.batcher.remove_queue(model.key)
+        await model.runtime.unload()
+
+    async def aclose(self) -> None:
+        """Finish queued work, stop the lane, unload every runtime."""
+        self.started = False
+        if self._batcher is not None:
+            await self._batcher.drain()
+            await self._batcher.aclose()
+        for versions in self._models.values():
+            for model in versions.values():
+                model.ready = False
+                await model.runtime.unload()
+
+    def _build_pipelines(self) -> dict[str, PipelineSpec]:
+        pipelines: dict[str, PipelineSpec] = {}
+        if self.config.expose_models:
+            for name in self._models:
+                pipelines[name] = PipelineSpec(name=name, model=name)
+        for spec in self.config.pipelines:
+            versions = self._models.get(spec.model)
+            if versions is None:
+                raise NotFound(f"pipeline {spec.name!r}: model {spec.model!r} is not installed")
+            if spec.version is not None and spec.version not in versions:
+                raise NotFound(f"pipeline {spec.name!r}: model {spec.model!r} has no version {spec.version!r}")
+            pipelines[spec.name] = spec
+        return pipelines
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def pipelines(self) -> dict[str, PipelineSpec]:
+        """Pipelines by V2 model name."""
+        return dict(self._pipelines)
+
+    def models(self) -> dict[str, dict[str, LoadedModel]]:
+        """Loaded models: name -> version -> model."""
+        return {name: dict(versions) for name, versions in self._models.items()}
+
+    def active_version(self, name: str) -> str | None:
+        """The version new requests for model `name` go to."""
+        return self._active.get(name)
+
+    def route(self, name: str, version: str | None = None) -> Route:
+        """Resolve a V2 model name (and optional version) to its pipeline and model; NotFound otherwise."""
+        spec = self._pipelines.get(name)
+        if spec is None:
+            raise NotFound(f"unknown model {name!r}")
+        versions = self._models.get(spec.model, {})
+        if version is None or version == "":
+            version = spec.version or self._active.get(spec.model)
+        elif spec.version is not None and version != spec.version:
+            raise NotFound(f"model {name!r} serves only version {spec.version!r}, not {version!r}")
+        model = versions.get(version) if version is not None else None
+        if model is None:
+            raise NotFound(f"model {name!r} has no version {version!r}")
+        return Route(spec, model)
+
+    def versions(self, route: Route) -> list[str]:
+        """Versions a V2 model name can be called with."""
+        if route.pipeline.version is not None:
+            return [route.pipeline.version]
+        return sorted(self._models.get(route.pipeline.model, {}), key=version_key)
+
+    def model_metadata(self, route: Route) -> dict[str, Any]:
+        """V2 model metadata of a route."""
+        return route.model.metadata(route.pipeline.name, self.versions(route))
+
+    def server_metadata(self) -> dict[str, Any]:
+        """V2 server metadata."""
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def ready(self) -> bool:
+        """True once started and every loaded model is warmed up."""
+        return self.started and all(m.ready for v in self._models.values() for m in v.values())
+
+    # --- inference -------------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        route: Route,
+        inputs: Mapping[str, np.ndarray[Any, Any]],
+        requested: Sequence[str] | None = None,
+        *,
+        priority: int = 0,
+        timeout_us: int | None = None,
+    ) -> Tensors:
+        """Validate, queue, and await one request; returns the requested outputs."""
+        model = route.model
+        if not model.ready:
+            raise Unavailable(f"model {model.key!r} is not ready")
+        rows = model.validate(inputs)
+        if requested is not None:
+            unknown = [n for n in requested if n not in model.output_names]
+            if unknown:
+                raise InvalidInput(f"unknown output(s) {unknown} for model {route.pipeline.name!r}")
+        # priority and timeout_us are validated by the transport; issue 4's scheduler acts on them.
+        outputs = await self.batcher.submit(model.key, inputs, rows, priority=priority)
+        if requested is None:
+            return outputs
+        return {n: outputs[n] for n in requested}

@@ -1,0 +1,99 @@
+"""The committed zoo packages: they verify with the zoo key and run in onnxruntime at batch 1 and 8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from models.package import open_package, verify_package
+from models.zoo import ZOO_MODELS, ZOO_PUBLIC_KEY_FILE, zoo_package_path, zoo_trusted_keys
+from protocols.manifest import TensorSpec
+
+EXPECTED = {
+    "tiny-cnn": (TensorSpec(name="input", datatype="FP32", shape=(-1, 3, 64, 64)), "scores", 4),
+    "tiny-mlp": (TensorSpec(name="input", datatype="FP32", shape=(-1, 64)), "logits", 10),
+}
+
+
+def session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def sample(spec: TensorSpec, batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, *spec.shape[1:])).astype(np.float32)
+
+
+@pytest.mark.parametrize(("name", "version"), ZOO_MODELS)
+def test_zoo_package_verifies_with_the_zoo_key(name: str, version: str) -> None:
+    pkg = open_package(zoo_package_path(name, version))
+    verify_package(pkg, zoo_trusted_keys())
+    spec, output, classes = EXPECTED[name]
+    assert (pkg.manifest.name, pkg.manifest.version) == (name, version)
+    assert pkg.manifest.inputs == (spec,)
+    assert pkg.manifest.outputs == (TensorSpec(name=output, datatype="FP32", shape=(-1, classes)),)
+    assert pkg.manifest.max_batch_size == 8
+    assert pkg.model_path.stat().st_size < 1_000_000
+
+
+@pytest.mark.parametrize(("name", "version"), ZOO_MODELS)
+@pytest.mark.parametrize("batch", [1, 8])
+def test_zoo_model_runs_in_onnxruntime(name: str, version: str, batch: int) -> None:
+    spec, output, classes = EXPECTED[name]
+    sess = session(zoo_package_path(name, version) / "model.onnx")
+    (result,) = sess.run([output], {"input": sample(spec, batch)})
+    assert result.shape == (batch, classes)
+    assert result.dtype == np.float32
+    assert np.isfinite(result).all()
+
+
+def test_batched_rows_equal_single_rows() -> None:
+    spec, output, _ = EXPECTED["tiny-cnn"]
+    sess = session(zoo_package_path("tiny-cnn", 1) / "model.onnx")
+    batch = sample(spec, 8)
+    (together,) = sess.run([output], {"input": batch})
+    for i in range(8):
+        (alone,) = sess.run([output], {"input": batch[i : i + 1]})
+        np.testing.assert_allclose(alone[0], together[i], rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_cnn_versions_differ() -> None:
+    spec, output, _ = EXPECTED["tiny-cnn"]
+    x = sample(spec, 2)
+    (v1,) = session(zoo_package_path("tiny-cnn", 1) / "model.onnx").run([output], {"input": x})
+    (v2,) = session(zoo_package_path("tiny-cnn", 2) / "model.onnx").run([output], {"input": x})
+    assert not np.allclose(v1, v2)
+
+
+def test_only_the_public_key_is_committed() -> None:
+    assert ZOO_PUBLIC_KEY_FILE.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    zoo_dir = ZOO_PUBLIC_KEY_FILE.parent
+    assert not [p for p in zoo_dir.rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
+
+
+def test_unknown_zoo_package() -> None:
+    with pytest.raises(LookupError, match=r"no zoo package tiny-cnn/9 .*tiny-mlp/1"):
+        zoo_package_path("tiny-cnn", 9)
+
+
+def test_export_reproduces_the_committed_models(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from models.zoo.export import ENTRIES, export_onnx
+    from models.zoo.nets import TinyCNN
+
+    for entry in ENTRIES:
+        spec, output, _ = EXPECTED[entry.name]
+        export_onnx(entry, tmp_path / f"{entry.name}-{entry.version}.onnx")
+        x = sample(spec, 3)
+        (fresh,) = session(tmp_path / f"{entry.name}-{entry.version}.onnx").run([output], {"input": x})
+        (committed,) = session(zoo_package_path(entry.name, entry.version) / "model.onnx").run([output], {"input": x})
+        np.testing.assert_allclose(fresh, committed, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        reference = TinyCNN().eval()(torch.from_numpy(sample(EXPECTED["tiny-cnn"][0], 2))).numpy()
+    (onnx_out,) = session(zoo_package_path("tiny-cnn", 1) / "model.onnx").run(
+        ["scores"], {"input": sample(EXPECTED["tiny-cnn"][0], 2)}
+    )
+    np.testing.assert_allclose(onnx_out, reference, rtol=1e-4, atol=1e-5)
