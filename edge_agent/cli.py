@@ -110,7 +110,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """edge-agent doctor."""
     from edge_agent.doctor import run_doctor
 
-    return asyncio.run(run_doctor(args.zoo_dir, sys.stdout))
+    return int(asyncio.run(run_doctor(args.zoo_dir, sys.stdout)))
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:

@@ -5,7 +5,6 @@ Transports (HTTP now, others later) decode, call `route` + `infer`, and encode; 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field

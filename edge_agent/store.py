@@ -300,10 +300,10 @@ def collect(config: AgentConfig) -> tuple[list[ModelPackage], dict[str, str]]:
     wanted: dict[tuple[str, str], None] = {}
     active: dict[str, str] = {}
     for name in store.models():
-        version = store.active(name)
-        if version is not None:
-            active[name] = version
-            wanted[(name, version)] = None
+        current = store.active(name)
+        if current is not None:
+            active[name] = current
+            wanted[(name, current)] = None
     for spec in config.pipelines:
         if spec.version is not None:
             wanted[(spec.model, spec.version)] = None

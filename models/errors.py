@@ -47,6 +47,10 @@ class UnsafePath(PackageError):
     """A path in the package or archive escapes the package directory."""
 
 
+class KeyFileError(ModelsError):
+    """A key file is missing, unreadable, or not an ed25519 key in PEM."""
+
+
 class RuntimeFailure(ModelsError):
     """A runtime failed to load, warm up or run a batch."""
 

@@ -13,13 +13,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from models.errors import ModelsError, SignatureInvalid, UnknownKey
+from models.errors import KeyFileError, SignatureInvalid, UnknownKey
 from protocols.manifest import Manifest
 from protocols.signature import ManifestSignature
 
 __all__ = [
     "Ed25519PrivateKey",
     "Ed25519PublicKey",
+    "KeyFileError",
     "ManifestSignature",
     "generate_keypair",
     "key_id",
@@ -34,10 +35,6 @@ __all__ = [
 ]
 
 KEY_ID_HEX_CHARS = 16
-
-
-class KeyFileError(ModelsError):
-    """A key file is missing, unreadable, or not an ed25519 key in PEM."""
 
 
 def generate_keypair() -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:

@@ -12,6 +12,7 @@ record again on restart: consumers dedupe (the hub does, by boot_id + seq).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -147,10 +148,8 @@ class Spool:
         return self.directory / f"{key:020d}{_SUFFIX}"
 
     def _forget(self, key: int) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._keys.remove(key)
-        except ValueError:
-            pass
         self._unlink(key)
 
     def _unlink(self, key: int) -> None:

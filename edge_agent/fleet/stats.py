@@ -42,7 +42,7 @@ def _bucket(latency_s: float) -> int:
 
 def _bucket_mid_ms(index: int) -> float:
     # Geometric middle of the bucket: the error is at most half a bucket (~2.5 %).
-    return _MIN_LATENCY_S * _GROWTH ** (index + 0.5) * 1000.0
+    return float(_MIN_LATENCY_S * _GROWTH ** (index + 0.5) * 1000.0)
 
 
 def _quantile_ms(histogram: list[int], total: int, q: float) -> float | None:

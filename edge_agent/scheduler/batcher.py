@@ -24,9 +24,15 @@ import numpy as np
 from edge_agent.errors import InferenceFailed, NotFound, Unavailable
 from edge_agent.scheduler.queue import ModelQueue, Request, RunBatch, Tensors, run_batch
 
-__all__ = ["BatchObserver", "Batcher", "Clock"]
+__all__ = ["BatchObserver", "Batcher", "Clock", "Timer"]
 
 logger = logging.getLogger(__name__)
+
+
+class Timer(Protocol):
+    """A scheduled callback that can be cancelled (asyncio.TimerHandle is one)."""
+
+    def cancel(self) -> None: ...
 
 
 class Clock(Protocol):
@@ -34,7 +40,7 @@ class Clock(Protocol):
 
     def time(self) -> float: ...
 
-    def call_at(self, when: float, callback: Callable[[], object], /) -> asyncio.TimerHandle: ...
+    def call_at(self, when: float, callback: Callable[[], object], /) -> Timer: ...
 
 
 BatchObserver = Callable[[str, int, float], None]
@@ -62,9 +68,10 @@ class Batcher:
         self._queues: dict[str, ModelQueue] = {}
         self._inflight = 0
         self._scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_at = 0.0
         self._closed = False
+        self._waiters: list[asyncio.Future[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -83,11 +90,17 @@ class Batcher:
         self._queues[key] = queue
         return queue
 
-    def remove_queue(self, key: str) -> None:
-        """Forget a queue; requests still in it fail with Unavailable."""
-        queue = self._queues.pop(key, None)
-        if queue is not None:
-            self._fail_queued(queue, Unavailable(f"model {key!r} was unloaded"))
+    async def remove_queue(self, key: str) -> None:
+        """Refuse new requests for a queue, let queued and running ones finish, then forget it."""
+        queue = self._queues.get(key)
+        if queue is None:
+            return
+        queue.closed = True
+        while queue.items or queue.inflight:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
+        self._queues.pop(key, None)
 
     def queue_rows(self) -> dict[str, int]:
         """Rows waiting per queue (for the queue-depth gauge)."""
@@ -113,7 +126,7 @@ class Batcher:
         if self._closed:
             raise Unavailable("the agent is shutting down")
         queue = self._queues.get(key)
-        if queue is None:
+        if queue is None or queue.closed:
             raise NotFound(f"no queue for model {key!r}")
         future: asyncio.Future[Tensors] = self._loop.create_future()
         queue.push(Request(inputs, rows, future, self._clock.time(), priority=priority, deadline=deadline))
@@ -135,6 +148,7 @@ class Batcher:
             if not batch:
                 continue
             self._inflight += 1
+            queue.inflight += 1
             self._executor.submit(self._run, queue, batch)
         self._arm_timer()
         if self._inflight == 0 and not any(q.items for q in self._queues.values()):
@@ -186,6 +200,7 @@ class Batcher:
         self, queue: ModelQueue, batch: list[Request], results: list[Tensors] | BaseException, elapsed: float
     ) -> None:
         self._inflight -= 1
+        queue.inflight -= 1
         if isinstance(results, BaseException):
             logger.error("batch of %s request(s) for %s failed: %s", len(batch), queue.key, results)
             for request in batch:
@@ -202,6 +217,11 @@ class Batcher:
                 self._observer(queue.key, sum(r.rows for r in batch), elapsed)
             except Exception:
                 logger.exception("batch observer failed")
+        if self._waiters:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiters.clear()
         self._dispatch()
 
     # --- shutdown --------------------------------------------------------------------------------

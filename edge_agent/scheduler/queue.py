@@ -47,7 +47,17 @@ class Request:
 class ModelQueue:
     """FIFO of one model's requests, with the batch limits of that model."""
 
-    __slots__ = ("input_names", "items", "key", "max_batch_size", "max_queue_delay_s", "rows", "run")
+    __slots__ = (
+        "closed",
+        "inflight",
+        "input_names",
+        "items",
+        "key",
+        "max_batch_size",
+        "max_queue_delay_s",
+        "rows",
+        "run",
+    )
 
     def __init__(
         self,
@@ -65,6 +75,8 @@ class ModelQueue:
         self.max_queue_delay_s = max_queue_delay_s
         self.items: deque[Request] = deque()
         self.rows = 0
+        self.inflight = 0  # batches of this queue handed to the lane
+        self.closed = False
 
     def push(self, request: Request) -> None:
         """Append a request."""

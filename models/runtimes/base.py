@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +32,17 @@ class RuntimeInfo(BaseModel):
     detail: dict[str, str] = Field(default_factory=dict, description="Backend-specific facts (versions, cache).")
 
 
+class _Tail(tuple[int, ...]):
+    """Every dim after the batch axis is fixed: one tuple compare checks them all (the hot path)."""
+
+
+def _fixed_dims(shape: tuple[int, ...]) -> tuple[Any, ...]:
+    """`_Tail(shape[1:])` when only the batch axis is dynamic, else (axis, size) pairs of fixed dims."""
+    if shape and shape[0] == -1 and -1 not in shape[1:]:
+        return _Tail(shape[1:])
+    return tuple((i, s) for i, s in enumerate(shape) if s != -1)
+
+
 class InputValidator:
     """Checks a batch against the manifest (names, exact dtypes, ranks, fixed dims, max batch); no casting."""
 
@@ -39,8 +50,7 @@ class InputValidator:
 
     def __init__(self, manifest: Manifest) -> None:
         self._checks = tuple(
-            (t.name, numpy_dtype(t.datatype), len(t.shape), tuple((i, s) for i, s in enumerate(t.shape) if s != -1))
-            for t in manifest.inputs
+            (t.name, numpy_dtype(t.datatype), len(t.shape), _fixed_dims(t.shape)) for t in manifest.inputs
         )
         self._names = frozenset(t.name for t in manifest.inputs)
         self._max_batch = manifest.max_batch_size
@@ -55,7 +65,9 @@ class InputValidator:
                 if arr.dtype != dtype:
                     raise InputError(f"input {name!r}: dtype {arr.dtype} given, {dtype} expected")
                 shape = arr.shape
-                if len(shape) != rank or any(shape[i] != s for i, s in fixed):
+                if len(shape) != rank or (
+                    shape[1:] != fixed if type(fixed) is _Tail else any(shape[i] != s for i, s in fixed)
+                ):
                     raise InputError(f"input {name!r}: shape {shape} does not fit the model")
                 if max_batch and shape[0] > max_batch:
                     raise InputError(f"input {name!r}: batch {shape[0]} exceeds max_batch_size {max_batch}")

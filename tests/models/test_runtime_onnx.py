@@ -194,3 +194,54 @@ def test_config_rejects_unknown_fields() -> None:
         OnnxRuntimeConfig.model_validate({"type": "onnxruntime", "provider": ["cpu"]})
     with pytest.raises(ValueError):
         OnnxRuntimeConfig.model_validate({"providers": ["rocm"]})
+
+
+# --- factory ------------------------------------------------------------------------------------
+
+
+async def test_factory_defaults_to_onnxruntime(package: tuple[Path, Manifest]) -> None:
+    from models.runtimes.factory import create_runtime
+
+    root, manifest = package
+    rt = create_runtime(root, manifest, None)
+    assert isinstance(rt, OnnxRuntime)
+    async with rt:
+        assert rt.info.backend == "onnxruntime"
+
+
+def test_factory_rejects_mismatched_backend(package: tuple[Path, Manifest]) -> None:
+    from models.runtimes.config import TorchConfig
+    from models.runtimes.factory import create_runtime
+
+    root, manifest = package
+    with pytest.raises(RuntimeFailure, match="backend torch cannot run a onnx model"):
+        create_runtime(root, manifest, TorchConfig())
+
+
+def test_factory_import_is_light_and_backends_reported() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, models.runtimes.factory as f; "
+        "heavy = [m for m in ('onnxruntime', 'torch', 'tensorrt') if m in sys.modules]; "
+        "assert not heavy, heavy; "
+        "r = {b.backend: b for b in f.available_backends()}; "
+        "assert r['onnxruntime'].installed and r['onnxruntime'].version; "
+        "assert not [m for m in ('onnxruntime', 'torch', 'tensorrt') if m in sys.modules]"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={"PYTHONPATH": str(root)})
+
+
+def test_runtime_config_union_discriminates() -> None:
+    from pydantic import TypeAdapter
+
+    from models.runtimes.config import RuntimeConfig, TensorRTConfig, TorchConfig
+
+    adapter: TypeAdapter[RuntimeConfig] = TypeAdapter(RuntimeConfig)
+    assert isinstance(adapter.validate_python({"type": "tensorrt"}), TensorRTConfig)
+    assert isinstance(adapter.validate_python({"type": "torch", "device": "cuda:0"}), TorchConfig)
+    assert isinstance(adapter.validate_python({"type": "onnxruntime"}), OnnxRuntimeConfig)
+    with pytest.raises(ValueError):
+        adapter.validate_python({"type": "openvino"})

@@ -205,3 +205,21 @@ async def test_engine_cache_and_timing_cache_are_reused(tmp_path: Path) -> None:
         np.testing.assert_allclose(
             rt.run({"x": x})["logits"], _ort_reference(tmp_path / "pkg", x), rtol=1e-3, atol=1e-4
         )
+
+
+async def test_background_build_logs_progress(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+    import time
+
+    from models.runtimes.tensorrt import _await_with_progress
+
+    caplog.set_level(logging.INFO, logger="models.runtimes.tensorrt")
+
+    def slow_build() -> bytes:
+        time.sleep(0.25)
+        return b"engine"
+
+    fut = asyncio.get_running_loop().run_in_executor(None, slow_build)
+    assert await _await_with_progress(fut, "m:1", 0.05) == b"engine"
+    assert "still building TensorRT engine for m:1" in caplog.text

@@ -1,0 +1,61 @@
+"""The hub's configuration (from `cloud-hub serve` flags)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from protocols.topics import DEFAULT_PREFIX
+
+DEFAULT_DATA_DIR = Path(os.environ.get("EDGEFLEET_HUB_DATA_DIR", "~/.local/share/edgefleet/hub")).expanduser()
+
+
+class HubConfig(BaseModel):
+    """Everything `cloud-hub serve` needs; defaults fit one hub on one host with SQLite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="CA, keys, tokens, CRL and the SQLite file.")
+    database_url: str | None = Field(
+        default=None, description="sqlite:///PATH or postgresql://...; default SQLite file in data_dir."
+    )
+    host: str = Field(default="127.0.0.1", description="HTTPS bind address.")
+    port: int = Field(default=8443, ge=0, le=65535, description="HTTPS port (0 = any free port).")
+    public_url: str | None = Field(
+        default=None, description="https://host:port devices and the CLI use; default from host and port."
+    )
+    server_names: tuple[str, ...] = Field(
+        default=(), description="Extra DNS names / IPs for the HTTPS certificate's SAN."
+    )
+    brokers: tuple[str, ...] = Field(default=(), description="Broker URLs the hub ingests from (mqtts://host:port).")
+    device_broker_url: str | None = Field(
+        default=None, description="Broker URL handed to devices at provisioning; default the first of `brokers`."
+    )
+    broker_cafile: Path | None = Field(
+        default=None, description="CA that signed the brokers' server certificates; default the hub CA."
+    )
+    topic_prefix: str = Field(default=DEFAULT_PREFIX, description="MQTT topic prefix.")
+    share_group: str = Field(default="edgefleet-hub", description="Shared-subscription group of the replicas.")
+    telemetry_interval_s: PositiveFloat = Field(default=10.0, description="Load report period given to devices.")
+    mqtt_keepalive_s: PositiveInt = Field(default=30, description="Keepalive of the hub's own MQTT link.")
+    batch_max_rows: PositiveInt = Field(default=1000, description="Flush ingest writes at this many rows.")
+    batch_max_delay_ms: PositiveInt = Field(default=200, description="Flush ingest writes after this long.")
+    telemetry_retention_s: PositiveFloat = Field(default=86_400.0, description="Telemetry rows older are pruned.")
+    registry_refresh_s: PositiveFloat = Field(
+        default=5.0, description="How often device statuses are re-read (devices provisioned/revoked elsewhere)."
+    )
+
+    @property
+    def db_url(self) -> str:
+        """The database URL to open."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'hub.db'}"
+
+    def hub_url(self, bound_port: int | None = None) -> str:
+        """The https:// URL devices and the CLI reach the hub at."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host  # noqa: S104  # not binding
+        host = f"[{host}]" if ":" in host else host
+        return f"https://{host}:{bound_port or self.port}"

@@ -1,0 +1,108 @@
+"""The hub core: identity, store, services and ingest, opened and closed together."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from types import TracebackType
+from typing import Self
+
+from cloud_hub.config import HubConfig
+from cloud_hub.errors import ConfigError
+from cloud_hub.files import write_atomic
+from cloud_hub.fleet.claims import ClaimService
+from cloud_hub.fleet.devices import DeviceService
+from cloud_hub.fleet.live import LiveFleet
+from cloud_hub.fleet.provisioning import Provisioner, ProvisionSettings
+from cloud_hub.fleet.tokens import OPERATOR_PREFIX, new_id, new_token, token_hash
+from cloud_hub.ingest.service import IngestService
+from cloud_hub.metrics import HubMetrics
+from cloud_hub.pki import HubIdentity
+from cloud_hub.store import Store, tokens
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    """Everything behind the API. `async with Hub(config) as hub:`; transports call its services."""
+
+    def __init__(self, config: HubConfig, *, ingest: bool = True) -> None:
+        self.config = config
+        self.url = config.hub_url()
+        self.metrics = HubMetrics()
+        self.fleet = LiveFleet()
+        self.metrics.online_gauge(self.fleet.online_count)
+        self.identity = HubIdentity.bootstrap(config.data_dir, self._server_names())
+        self.store = Store(config.db_url)
+        self.token_hashes: set[str] = set()
+        self.claims = ClaimService(self.store, self.url, self.identity.ca.fingerprint)
+        self.devices = DeviceService(self.store, self.identity, self.fleet)
+        broker = config.device_broker_url or (config.brokers[0] if config.brokers else "")
+        self.provisioner = Provisioner(
+            self.store,
+            self.identity,
+            self.fleet,
+            ProvisionSettings(self.url, broker, config.topic_prefix, config.telemetry_interval_s),
+        )
+        self.ingest = (
+            IngestService(config, self.identity, self.store, self.fleet, self.devices, self.metrics) if ingest else None
+        )
+
+    def _server_names(self) -> tuple[str, ...]:
+        names = ["localhost", "127.0.0.1", *self.config.server_names]
+        if self.config.host not in {"0.0.0.0", "::", ""}:  # noqa: S104  # comparing, not binding
+            names.append(self.config.host)
+        if self.config.public_url:
+            from urllib.parse import urlsplit
+
+            host = urlsplit(self.config.public_url).hostname
+            if host:
+                names.append(host)
+        return tuple(dict.fromkeys(names))
+
+    async def open(self) -> Self:
+        """Open the store (migrating it), make the first operator token, write the CRL, start ingest."""
+        if not self.provisioner.settings.broker_url:
+            log.warning("no --broker given: provisioning answers with an empty broker_url and ingest is off")
+        await self.store.open()
+        try:
+            await self._first_operator_token()
+            await self.devices.write_crl()
+            if self.ingest is not None:
+                await self.ingest.start()
+        except BaseException:
+            await self.store.aclose()
+            raise
+        return self
+
+    async def aclose(self) -> None:
+        """Stop ingest (flushing its buffer) and close the store."""
+        if self.ingest is not None:
+            await self.ingest.aclose()
+        await self.store.aclose()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _first_operator_token(self) -> None:
+        async with self.store.begin() as conn:
+            if await tokens.count(conn) == 0:
+                token = new_token(OPERATOR_PREFIX)
+                await tokens.add(conn, token_id=new_id("tok"), name="operator", token_hash=token_hash(token), now=time.time())
+                path = self.identity.paths.operator_token
+                write_atomic(path, token.encode("ascii") + b"\n", 0o600)
+                # Printed once to the operator's terminal, never logged.
+                print(f"operator API token (shown once; also in {path}, mode 0600):\n  {token}", file=sys.stderr)
+            self.token_hashes = await tokens.hashes(conn)
+        if not self.token_hashes:
+            raise ConfigError("no operator token in the database")
+
+    def check_token(self, token: str) -> bool:
+        """True if `token` is a known operator API token."""
+        return token_hash(token) in self.token_hashes

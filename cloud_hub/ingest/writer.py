@@ -1,0 +1,134 @@
+"""Batched ingest writes: collect rows for up to `max_delay_s` or `max_rows`, then one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from cloud_hub.metrics import HubMetrics
+from cloud_hub.store import Store, devices, telemetry
+
+log = logging.getLogger(__name__)
+
+
+class BatchWriter:
+    """Buffers telemetry rows and per-device column updates; `run()` flushes them in batches.
+
+    Adding is synchronous (called from the dispatcher for every message); flushing runs in the owned
+    background task, so the event loop keeps reading MQTT while the database works.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: HubMetrics,
+        *,
+        max_rows: int = 1000,
+        max_delay_s: float = 0.2,
+        max_pending_rows: int = 200_000,
+        retention_s: float = 86_400.0,
+        prune_every_s: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.max_rows = max_rows
+        self.max_delay_s = max_delay_s
+        self.max_pending_rows = max_pending_rows
+        self.retention_s = retention_s
+        self.prune_every_s = prune_every_s
+        self._rows: list[dict[str, Any]] = []
+        self._updates: dict[str, dict[str, Any]] = {}
+        self._has_data = asyncio.Event()
+        self._full = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- producers (sync, hot path) -----------------------------------------------------------------
+
+    def add_report(self, row: dict[str, Any]) -> None:
+        """Queue one telemetry row."""
+        if len(self._rows) >= self.max_pending_rows:
+            self.metrics.drops["backlog"].inc()
+            return
+        self._rows.append(row)
+        self._has_data.set()
+        if len(self._rows) >= self.max_rows:
+            self._full.set()
+
+    def update_device(self, device_id: str, values: dict[str, Any]) -> None:
+        """Queue column updates of one device; later values for a column replace earlier ones."""
+        pending = self._updates.get(device_id)
+        if pending is None:
+            self._updates[device_id] = dict(values)
+        else:
+            pending.update(values)
+        self._has_data.set()
+
+    @property
+    def pending(self) -> int:
+        """Rows and device updates not yet written."""
+        return len(self._rows) + len(self._updates)
+
+    # --- the owned background task ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Flush forever (cancel to stop; `drain()` first to write what is buffered)."""
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time() + self.prune_every_s
+        while True:
+            try:
+                await asyncio.wait_for(self._has_data.wait(), timeout=max(0.0, next_prune - loop.time()))
+            except TimeoutError:
+                pass
+            else:
+                deadline = loop.time() + self.max_delay_s
+                while len(self._rows) < self.max_rows and (remaining := deadline - loop.time()) > 0:
+                    self._full.clear()
+                    try:
+                        await asyncio.wait_for(self._full.wait(), timeout=remaining)
+                    except TimeoutError:
+                        break
+                await self.flush()
+            if loop.time() >= next_prune:
+                next_prune = loop.time() + self.prune_every_s
+                await self._prune()
+
+    async def flush(self) -> None:
+        """Write everything buffered now in one transaction."""
+        rows, updates = self._rows, self._updates
+        self._rows, self._updates = [], {}
+        self._has_data.clear()
+        self._full.clear()
+        if not rows and not updates:
+            return
+        self._idle.clear()
+        try:
+            async with self.store.begin() as conn:
+                await telemetry.insert_many(conn, rows)
+                await devices.apply_updates(conn, updates)
+        except Exception:
+            # The DB may be away for a moment; losing a batch of telemetry beats stalling ingest.
+            self.metrics.dropped.labels(reason="db_error").inc(len(rows) or 1)
+            log.exception("ingest write of %d rows and %d device updates failed", len(rows), len(updates))
+        else:
+            self.metrics.db_batches.inc()
+            self.metrics.db_rows.inc(len(rows))
+        finally:
+            self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait for a running flush, then flush what is left (shutdown, tests)."""
+        await self._idle.wait()
+        await self.flush()
+
+    async def _prune(self) -> None:
+        try:
+            async with self.store.begin() as conn:
+                removed = await telemetry.prune(conn, time.time() - self.retention_s)
+        except Exception:
+            log.exception("telemetry pruning failed")
+        else:
+            if removed:
+                log.info("pruned %d telemetry rows older than %.0f s", removed, self.retention_s)

@@ -1,0 +1,1 @@
+"""The agent side of the fleet link: identity and provisioning, MQTT link, telemetry and its spool."""

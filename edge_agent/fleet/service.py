@@ -1,0 +1,165 @@
+"""The fleet side of a running agent: the MQTT link plus telemetry, as one owned background service."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from edge_agent.fleet.device_load import DeviceLoadSource, ProbeLoadSource, hardware_summary
+from edge_agent.fleet.identity import DeviceIdentity
+from edge_agent.fleet.mqtt_link import LinkSettings, MqttLink
+from edge_agent.fleet.seq import SequenceCounter
+from edge_agent.fleet.spool import Spool
+from edge_agent.fleet.stats import PipelineStatsSource
+from edge_agent.fleet.telemetry import ModelsSource, TelemetryReporter
+from protocols.messages import DeviceBirth, HardwareSummary
+
+log = logging.getLogger(__name__)
+
+SPOOL_DIR = "telemetry-spool"
+SEQ_FILE = "telemetry.seq"
+
+
+def agent_version() -> str:
+    """The installed edgefleet version ("0+unknown" when running from a source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgefleet")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetOptions:
+    """What `[fleet]` in the agent config controls."""
+
+    identity_dir: Path
+    state_dir: Path
+    telemetry_interval_s: float | None = None  # None: what the hub said at provisioning
+    spool_max_reports: int = 8640
+    spool_max_bytes: int = 64 * 1024 * 1024
+    keepalive_s: int = 30
+    topic_prefix: str | None = None
+    broker_url: str | None = None
+
+
+class FleetService:
+    """Owns an MqttLink and a TelemetryReporter sharing one boot id; an async context manager."""
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        state_dir: Path,
+        *,
+        stats: PipelineStatsSource,
+        interval_s: float,
+        hardware: HardwareSummary,
+        load: DeviceLoadSource | None = None,
+        models: ModelsSource | None = None,
+        pipelines: Callable[[], Sequence[str]] | None = None,
+        spool_max_reports: int = 8640,
+        spool_max_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.boot_id = uuid.uuid4().hex
+        self.hardware = hardware
+        self._models = models
+        self._pipelines = pipelines
+        self._interval_s = interval_s
+        self.link = MqttLink(settings, self._birth)
+        self.telemetry = TelemetryReporter(
+            self.link,
+            stats=stats,
+            load=load or ProbeLoadSource(),
+            spool=Spool(state_dir / SPOOL_DIR, max_records=spool_max_reports, max_bytes=spool_max_bytes),
+            seq=SequenceCounter(state_dir / SEQ_FILE),
+            interval_s=interval_s,
+            models=models,
+            boot_id=self.boot_id,
+        )
+
+    @classmethod
+    def from_options(
+        cls,
+        options: FleetOptions,
+        *,
+        stats: PipelineStatsSource,
+        load: DeviceLoadSource | None = None,
+        models: ModelsSource | None = None,
+        pipelines: Callable[[], Sequence[str]] | None = None,
+        hardware: HardwareSummary | None = None,
+    ) -> FleetService:
+        """Build from the provisioned identity and the config's overrides (blocking: reads files)."""
+        identity = DeviceIdentity.load(options.identity_dir)
+        settings = LinkSettings.from_identity(
+            identity, broker_url=options.broker_url, topic_prefix=options.topic_prefix, keepalive_s=options.keepalive_s
+        )
+        if hardware is None:
+            from edge_agent import probe
+
+            hardware = hardware_summary(probe.probe_hardware())
+        return cls(
+            settings,
+            options.state_dir,
+            stats=stats,
+            interval_s=options.telemetry_interval_s or identity.telemetry_interval_s,
+            hardware=hardware,
+            load=load,
+            models=models,
+            pipelines=pipelines,
+            spool_max_reports=options.spool_max_reports,
+            spool_max_bytes=options.spool_max_bytes,
+        )
+
+    def _birth(self) -> DeviceBirth:
+        return DeviceBirth(
+            device_id=self.link.settings.device_id,
+            boot_id=self.boot_id,
+            agent_version=agent_version()[:64],
+            sent_at=time.time(),
+            hardware=self.hardware,
+            models=tuple(self._models()) if self._models else (),
+            pipelines=tuple(self._pipelines()) if self._pipelines else (),
+            telemetry_interval_s=self._interval_s,
+        )
+
+    async def start(self) -> None:
+        """Start connecting and reporting in the background; returns at once (serving never waits)."""
+        self.link.start()
+        self.telemetry.start()
+
+    async def aclose(self) -> None:
+        """Stop telemetry (spool kept on disk), then say goodbye on `state` and disconnect."""
+        await self.telemetry.aclose()
+        await self.link.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def fleet_cleanup_ctx(
+    factory: Callable[[Any], FleetService],
+) -> Callable[[Any], AsyncIterator[None]]:
+    """An aiohttp cleanup_ctx that runs the service made by `factory(app)` for the app's lifetime."""
+
+    async def ctx(app: Any) -> AsyncIterator[None]:
+        service = factory(app)
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    return ctx

@@ -1,0 +1,225 @@
+"""The dynamic batcher: batch formation, max queue delay (injected clock), failure fan-out, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.errors import InferenceFailed, NotFound, Unavailable
+from edge_agent.scheduler import Batcher
+
+Arrays = Mapping[str, np.ndarray[Any, Any]]
+
+
+class FakeClock:
+    """Monotonic time that moves only when told; timers fire on `advance`."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[FakeTimer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object], /) -> FakeTimer:
+        timer = FakeTimer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [t for t in self.timers if t.when <= self.now and not t.cancelled]
+        self.timers = [t for t in self.timers if t not in due]
+        for timer in due:
+            timer.callback()
+
+
+class FakeTimer:
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Recorder:
+    """A runtime `run`: y = 2 * x, recording each batch's rows and thread."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.threads: set[str] = set()
+        self.gate: threading.Event | None = None
+        self.fail = False
+
+    def __call__(self, inputs: Arrays) -> dict[str, np.ndarray[Any, Any]]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(int(inputs["x"].shape[0]))
+        if self.fail:
+            raise RuntimeError("boom")
+        return {"y": inputs["x"] * 2}
+
+
+def rows(n: int, start: float = 0.0) -> dict[str, np.ndarray[Any, Any]]:
+    return {"x": np.arange(start, start + n, dtype=np.float32).reshape(n, 1)}
+
+
+async def settle(rounds: int = 5) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def test_whole_requests_up_to_max_batch_and_outputs_split_back() -> None:
+    run = Recorder()
+    batcher = Batcher(depth=1)
+    batcher.add_queue("m", run, ("x",), max_batch_size=4)
+    sizes = [1, 2, 3, 2, 1]
+    futures = [batcher.submit("m", rows(n, 10 * i), n) for i, n in enumerate(sizes)]
+    results = await asyncio.gather(*futures)
+    assert run.batches == [3, 3, 3]  # [1,2] [3] [2,1]: never split a request, never above 4
+    for i, (n, out) in enumerate(zip(sizes, results, strict=True)):
+        np.testing.assert_array_equal(out["y"], rows(n, 10 * i)["x"] * 2)
+    assert run.threads == {"lane-cpu_0"}  # off the event loop, in the lane's one thread
+    await batcher.aclose()
+
+
+async def test_idle_lane_dispatches_next_iteration_without_waiting() -> None:
+    run = Recorder()
+    clock = FakeClock()
+    batcher = Batcher(depth=1, clock=clock)
+    batcher.add_queue("m", run, ("x",), max_batch_size=8, max_queue_delay_s=0.0)
+    first = [batcher.submit("m", rows(1), 1) for _ in range(3)]
+    await asyncio.gather(*first)
+    assert run.batches == [3]  # submitted in the same loop iteration: one batch
+    assert not clock.timers
+    await batcher.aclose()
+
+
+async def test_max_queue_delay_with_injected_clock() -> None:
+    run = Recorder()
+    clock = FakeClock()
+    batcher = Batcher(depth=1, clock=clock)
+    batcher.add_queue("m", run, ("x",), max_batch_size=4, max_queue_delay_s=0.010)
+    a = batcher.submit("m", rows(1), 1)
+    await settle()
+    assert run.batches == [] and [t.when for t in clock.timers] == [pytest.approx(100.010)]
+    clock.advance(0.005)
+    b = batcher.submit("m", rows(2), 2)
+    await settle()
+    assert run.batches == []  # still waiting for the batch to grow
+    clock.advance(0.005)  # the oldest request has now waited max_queue_delay
+    await asyncio.gather(a, b)
+    assert run.batches == [3]
+    # A full batch goes at once, delay or not.
+    c = batcher.submit("m", rows(4), 4)
+    await c
+    assert run.batches == [3, 4]
+    await batcher.aclose()
+
+
+async def test_failed_batch_fails_every_future_in_it() -> None:
+    run = Recorder()
+    run.fail = True
+    batcher = Batcher(depth=1)
+    batcher.add_queue("m", run, ("x",), max_batch_size=8)
+    futures = [batcher.submit("m", rows(1), 1) for _ in range(4)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert run.batches == [4]
+    for result in results:
+        assert isinstance(result, InferenceFailed)
+        assert isinstance(result.__cause__, RuntimeError)
+    run.fail = False
+    assert (await batcher.submit("m", rows(1), 1))["y"].shape == (1, 1)  # the lane survives
+    await batcher.aclose()
+
+
+async def test_cancelled_requests_are_skipped() -> None:
+    run = Recorder()
+    batcher = Batcher(depth=1)
+    batcher.add_queue("m", run, ("x",), max_batch_size=8)
+    futures = [batcher.submit("m", rows(1, i), 1) for i in range(3)]
+    futures[1].cancel()
+    first, third = await asyncio.gather(futures[0], futures[2])
+    assert run.batches == [2]
+    np.testing.assert_array_equal(third["y"], [[4.0]])
+    await batcher.aclose()
+
+
+async def test_loop_keeps_running_and_only_full_batches_are_pipelined() -> None:
+    run = Recorder()
+    run.gate = threading.Event()
+    batcher = Batcher(depth=2)
+    batcher.add_queue("m", run, ("x",), max_batch_size=2)
+    first = batcher.submit("m", rows(1), 1)
+    await settle()
+    assert batcher.inflight == 1
+    partial = batcher.submit("m", rows(1), 1)
+    await settle()
+    assert batcher.inflight == 1  # a partial batch waits for the lane
+    full = batcher.submit("m", rows(1), 1)  # now 2 rows queued: a full batch
+    await settle()
+    assert batcher.inflight == 2  # while the loop still runs
+    run.gate.set()
+    await asyncio.gather(first, partial, full)
+    assert run.batches == [1, 2]
+    await batcher.aclose()
+
+
+async def test_models_share_the_lane_fifo_by_oldest_request() -> None:
+    run = Recorder()
+    batcher = Batcher(depth=1)
+    batcher.add_queue("a", run, ("x",), max_batch_size=8)
+    batcher.add_queue("b", run, ("x",), max_batch_size=8)
+    fa = batcher.submit("a", rows(1), 1)
+    fb = batcher.submit("b", rows(2), 2)
+    await asyncio.gather(fa, fb)
+    assert run.batches == [1, 2]
+    assert batcher.queue_rows() == {"a": 0, "b": 0}
+    await batcher.aclose()
+
+
+async def test_observer_sees_each_batch() -> None:
+    seen: list[tuple[str, int]] = []
+    batcher = Batcher(depth=1, observer=lambda key, n, _s: seen.append((key, n)))
+    batcher.add_queue("m", Recorder(), ("x",), max_batch_size=8)
+    await asyncio.gather(*(batcher.submit("m", rows(1), 1) for _ in range(3)))
+    assert seen == [("m", 3)]
+    await batcher.aclose()
+
+
+async def test_remove_queue_drains_and_close_fails_queued() -> None:
+    run = Recorder()
+    run.gate = threading.Event()
+    batcher = Batcher(depth=1)
+    batcher.add_queue("m", run, ("x",), max_batch_size=1)
+    running = batcher.submit("m", rows(1), 1)
+    queued = batcher.submit("m", rows(1), 1)
+    removal = asyncio.create_task(batcher.remove_queue("m"))
+    await settle()
+    with pytest.raises(NotFound):
+        batcher.submit("m", rows(1), 1)
+    run.gate.set()
+    await removal
+    assert running.done() and queued.done() and run.batches == [1, 1]
+
+    batcher.add_queue("n", run, ("x",), max_batch_size=1)
+    run.gate = threading.Event()
+    busy = batcher.submit("n", rows(1), 1)
+    waiting = batcher.submit("n", rows(1), 1)
+    await settle()
+    closing = asyncio.create_task(batcher.aclose())
+    await settle()
+    run.gate.set()
+    await closing
+    assert isinstance(waiting.exception(), Unavailable)
+    assert busy.result()["y"].shape == (1, 1)
+    with pytest.raises(Unavailable):
+        batcher.submit("n", rows(1), 1)
