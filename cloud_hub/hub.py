@@ -46,7 +46,16 @@ class Hub:
             ProvisionSettings(self.url, broker, config.topic_prefix, config.telemetry_interval_s),
         )
         self.ingest = (
-            IngestService(config, self.identity, self.store, self.fleet, self.devices, self.metrics) if ingest else None
+            IngestService(
+                config,
+                identity=self.identity,
+                store=self.store,
+                fleet=self.fleet,
+                device_service=self.devices,
+                metrics=self.metrics,
+            )
+            if ingest
+            else None
         )
 
     def _server_names(self) -> tuple[str, ...]:
@@ -94,7 +103,9 @@ class Hub:
         async with self.store.begin() as conn:
             if await tokens.count(conn) == 0:
                 token = new_token(OPERATOR_PREFIX)
-                await tokens.add(conn, token_id=new_id("tok"), name="operator", token_hash=token_hash(token), now=time.time())
+                await tokens.add(
+                    conn, token_id=new_id("tok"), name="operator", token_hash=token_hash(token), now=time.time()
+                )
                 path = self.identity.paths.operator_token
                 write_atomic(path, token.encode("ascii") + b"\n", 0o600)
                 # Printed once to the operator's terminal, never logged.

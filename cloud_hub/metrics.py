@@ -47,12 +47,14 @@ class HubMetrics:
 
     def online_gauge(self, fn: Callable[[], int]) -> None:
         """Report the number of online devices from `fn` at scrape time."""
-        gauge = Gauge("edgefleet_hub_devices_online", "Devices whose last state message was a birth", registry=self.registry)
+        gauge = Gauge(
+            "edgefleet_hub_devices_online", "Devices whose last state message was a birth", registry=self.registry
+        )
         gauge.set_function(fn)
 
     def dropped_count(self, reason: str) -> float:
         """Current value of the drop counter for `reason` (tests, CLI)."""
-        return self.drops[reason]._value.get()
+        return float(self.drops[reason]._value.get())
 
     def render(self) -> bytes:
         """Text exposition format."""

@@ -59,6 +59,10 @@ async def _serve(config: AgentConfig) -> int:
     from edge_agent.http import CORE_KEY, STARTUP_KEY, make_app
 
     app = make_app(config)
+    if config.fleet is not None and not config.standalone and config.state_dir is not None:
+        from edge_agent.fleet.wiring import attach_fleet
+
+        attach_fleet(app, config.fleet, config.state_dir, CORE_KEY)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()

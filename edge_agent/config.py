@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, model_validator
 
 from edge_agent.errors import ConfigError
+from edge_agent.fleet.config import FleetConfig
 from models.runtimes.config import OnnxRuntimeConfig, RuntimeConfig
 from protocols.common import Name
 from protocols.pipeline import PipelineSpec
@@ -103,6 +104,9 @@ class AgentConfig(_Config):
     pipelines: list[PipelineSpec] = Field(
         default_factory=list, description="V2 model names served with a priority class, deadline and offload policy."
     )
+    fleet: FleetConfig | None = Field(
+        default=None, description="Fleet link (MQTT to the hub, telemetry); absent = no link. Ignored if standalone."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:
@@ -139,5 +143,8 @@ def load_config(path: Path) -> AgentConfig:
             "state_dir": None if config.state_dir is None else base / config.state_dir,
             "model_dirs": [base / p for p in config.model_dirs],
             "trusted_keys": [base / p for p in config.trusted_keys],
+            "fleet": None
+            if config.fleet is None
+            else config.fleet.model_copy(update={"identity_dir": base / config.fleet.identity_dir}),
         }
     )

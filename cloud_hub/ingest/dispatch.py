@@ -23,6 +23,8 @@ from protocols.topics import Topics
 
 log = logging.getLogger(__name__)
 
+MAX_CACHED_TOPICS = 1_000_000
+
 
 class Dropped(Exception):
     """A message that is not applied; `reason` is the metrics label."""
@@ -70,7 +72,8 @@ class Dispatcher:
         self.metrics = metrics
         self.on_unknown = on_unknown
         self.clock = clock
-        self._head = f"{topics.prefix}/devices/"
+        # Topics repeat (a handful per device): remember parses instead of running the regexes again.
+        self._parsed: dict[str, tuple[str, str]] = {}
         self._handlers: dict[str, Callable[[str, LiveDevice, bytes], None]] = {
             "telemetry": self._telemetry,
             "state": self._state,
@@ -99,12 +102,17 @@ class Dispatcher:
             log.exception("failed to handle message on %s", topic)
 
     def _split(self, topic: str) -> tuple[str, str]:
+        cached = self._parsed.get(topic)
+        if cached is not None:
+            return cached
         try:
             parsed = self.topics.parse(topic)
         except ProtocolError as exc:
             raise Dropped("bad_topic", str(exc)) from exc
         if parsed.kind not in self._handlers:
             raise Dropped("bad_topic", f"devices do not publish on {parsed.kind}")
+        if len(self._parsed) < MAX_CACHED_TOPICS:
+            self._parsed[topic] = (parsed.kind, parsed.device_id)
         return parsed.kind, parsed.device_id
 
     @staticmethod
@@ -134,21 +142,7 @@ class Dispatcher:
                 "pipelines": summary,
             }
         )
-        self.writer.update_device(
-            device_id,
-            {
-                "last_seen": now,
-                "boot_id": report.boot_id,
-                "last_seq": report.seq,
-                "last_load": {
-                    "sent_at": report.sent_at,
-                    "interval_s": report.interval_s,
-                    "device": report.device.model_dump(mode="json"),
-                    "pipelines": summary,
-                },
-                "models": [m.model_dump(mode="json") for m in report.models],
-            },
-        )
+        self.writer.note_load(device_id, report, now, summary)
         self.fleet.notify("telemetry", device_id, report)
 
     def _state(self, device_id: str, live: LiveDevice, payload: bytes) -> None:

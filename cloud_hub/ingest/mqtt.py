@@ -11,8 +11,10 @@ retrying; other failures reconnect with jittered exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import select
 import ssl
 import threading
 import uuid
@@ -64,6 +66,8 @@ class BrokerUrl:
 
 
 MessageHandler = Callable[[str, bytes], None]
+# Packets read per readable event before yielding to the event loop.
+READ_BATCH = 500
 
 
 class MqttLink:
@@ -138,10 +142,8 @@ class MqttLink:
                 task.cancel()
         for task in (self._task, self._misc):
             if task is not None:
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
         self._drop_socket()
 
     async def __aenter__(self) -> MqttLink:
@@ -291,7 +293,7 @@ class MqttLink:
 
     def _on_paho_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            self.on_message(message.topic, message.payload)
+            self.on_message(message.topic, bytes(message.payload))
         except Exception:
             log.exception("message handler failed on %s", message.topic)
 
@@ -315,14 +317,18 @@ class MqttLink:
         self._in_loop(forget)
 
     def _readable(self) -> None:
-        self.client.loop_read()
-        # TLS: records already decrypted sit in the SSL object, invisible to epoll; drain them now.
-        sock = self.client.socket()
-        for _ in range(10_000):
-            if not isinstance(sock, ssl.SSLSocket) or sock.pending() == 0:
-                break
-            self.client.loop_read()
-            sock = self.client.socket()
+        # paho reads one packet per loop_read(). Going back to the event loop after each would cost a full
+        # loop iteration per message, so keep reading while the socket (or, for TLS, the SSL object, whose
+        # decrypted bytes epoll cannot see) still has data, up to a batch, then let other tasks run.
+        client = self.client
+        client.loop_read()
+        for _ in range(READ_BATCH):
+            sock = client.socket()
+            if sock is None:
+                return
+            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) and not select.select([sock], [], [], 0)[0]:
+                return
+            client.loop_read()
 
     def _writable(self) -> None:
         self.client.loop_write()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+
+from prometheus_client import Gauge
 
 from cloud_hub.config import HubConfig
 from cloud_hub.fleet.devices import DeviceService
@@ -13,7 +16,7 @@ from cloud_hub.ingest.mqtt import BrokerUrl, MqttLink
 from cloud_hub.ingest.writer import BatchWriter
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.pki import HubIdentity
-from cloud_hub.store import Store
+from cloud_hub.store import Store, devices
 from protocols.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ class IngestService:
     def __init__(
         self,
         config: HubConfig,
+        *,
         identity: HubIdentity,
         store: Store,
         fleet: LiveFleet,
@@ -77,13 +81,17 @@ class IngestService:
             broker = BrokerUrl.parse(url)
             ctx = self.identity.mqtt_ssl_context(self.config.broker_cafile) if broker.tls else None
             gauge = self.metrics.broker_connected.labels(broker=str(broker))
+
+            def connected(up: bool, gauge: Gauge = gauge) -> None:
+                gauge.set(1 if up else 0)
+
             link = MqttLink(
                 broker,
                 subscriptions=subscriptions(self.topics, self.config.share_group),
                 on_message=self.dispatcher.handle,
                 ssl_context=ctx,
                 keepalive_s=self.config.mqtt_keepalive_s,
-                on_connected=lambda up, g=gauge: g.set(1 if up else 0),
+                on_connected=connected,
             )
             self.links.append(await link.start())
 
@@ -103,10 +111,8 @@ class IngestService:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
 
     def _unknown(self, device_id: str) -> None:
         # A device provisioned through another replica: look it up soon (its next message is accepted).
@@ -116,10 +122,8 @@ class IngestService:
 
     async def _refresh_loop(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lookup.wait(), timeout=self.config.registry_refresh_s)
-            except TimeoutError:
-                pass
             try:
                 if self._lookup.is_set():
                     self._lookup.clear()
@@ -133,7 +137,5 @@ class IngestService:
                 await asyncio.sleep(1.0)
 
     async def _lookup_ids(self, ids: set[str]) -> None:
-        from cloud_hub.store import devices
-
         async with self.device_service.store.begin() as conn:
             self.fleet.load_statuses(await devices.statuses(conn, ids))

@@ -9,6 +9,7 @@ from typing import Any
 
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.store import Store, devices, telemetry
+from protocols.messages import LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class BatchWriter:
         max_pending_rows: int = 200_000,
         retention_s: float = 86_400.0,
         prune_every_s: float = 60.0,
+        load_every_s: float = 2.0,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -38,8 +40,13 @@ class BatchWriter:
         self.max_pending_rows = max_pending_rows
         self.retention_s = retention_s
         self.prune_every_s = prune_every_s
+        self.load_every_s = load_every_s
         self._rows: list[dict[str, Any]] = []
         self._updates: dict[str, dict[str, Any]] = {}
+        # Latest report per device: turned into a devices-row update at most every `load_every_s`
+        # (history is in the telemetry rows; the row only needs the newest figures).
+        self._loads: dict[str, tuple[LoadReport, float, dict[str, Any]]] = {}
+        self._next_loads = 0.0
         self._has_data = asyncio.Event()
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
@@ -66,10 +73,37 @@ class BatchWriter:
             pending.update(values)
         self._has_data.set()
 
+    def note_load(self, device_id: str, report: LoadReport, received_at: float, summary: dict[str, Any]) -> None:
+        """Remember the device's newest report for its devices row (written at most every `load_every_s`)."""
+        self._loads[device_id] = (report, received_at, summary)
+
     @property
     def pending(self) -> int:
         """Rows and device updates not yet written."""
-        return len(self._rows) + len(self._updates)
+        return len(self._rows) + len(self._updates) + len(self._loads)
+
+    def _take_loads(self, force: bool) -> None:
+        now = time.monotonic()
+        if not self._loads or (not force and now < self._next_loads):
+            return
+        self._next_loads = now + self.load_every_s
+        loads, self._loads = self._loads, {}
+        for device_id, (report, received_at, summary) in loads.items():
+            values = {
+                "last_seen": received_at,
+                "boot_id": report.boot_id,
+                "last_seq": report.seq,
+                "last_load": {
+                    "sent_at": report.sent_at,
+                    "interval_s": report.interval_s,
+                    "device": report.device.model_dump(mode="json"),
+                    "pipelines": summary,
+                },
+                "models": [m.model_dump(mode="json") for m in report.models],
+            }
+            pending = self._updates.get(device_id)
+            # A state update queued after this report (e.g. offline) keeps its own values.
+            self._updates[device_id] = values if pending is None else {**values, **pending}
 
     # --- the owned background task ---------------------------------------------------------------------
 
@@ -79,9 +113,10 @@ class BatchWriter:
         next_prune = loop.time() + self.prune_every_s
         while True:
             try:
-                await asyncio.wait_for(self._has_data.wait(), timeout=max(0.0, next_prune - loop.time()))
+                wake = min(next_prune - loop.time(), self.load_every_s if self._loads else next_prune)
+                await asyncio.wait_for(self._has_data.wait(), timeout=max(0.0, wake))
             except TimeoutError:
-                pass
+                await self.flush()
             else:
                 deadline = loop.time() + self.max_delay_s
                 while len(self._rows) < self.max_rows and (remaining := deadline - loop.time()) > 0:
@@ -95,8 +130,9 @@ class BatchWriter:
                 next_prune = loop.time() + self.prune_every_s
                 await self._prune()
 
-    async def flush(self) -> None:
-        """Write everything buffered now in one transaction."""
+    async def flush(self, *, force: bool = False) -> None:
+        """Write everything buffered now in one transaction (device load figures only when due or forced)."""
+        self._take_loads(force)
         rows, updates = self._rows, self._updates
         self._rows, self._updates = [], {}
         self._has_data.clear()
@@ -121,7 +157,7 @@ class BatchWriter:
     async def drain(self) -> None:
         """Wait for a running flush, then flush what is left (shutdown, tests)."""
         await self._idle.wait()
-        await self.flush()
+        await self.flush(force=True)
 
     async def _prune(self) -> None:
         try:

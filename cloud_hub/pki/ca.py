@@ -179,4 +179,6 @@ def _san(host: str) -> x509.GeneralName:
 
 def pem_private_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     """Unencrypted PKCS8 PEM."""
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )

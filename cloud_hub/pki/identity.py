@@ -103,13 +103,15 @@ class HubIdentity:
     signing_key: signing.Ed25519PrivateKey
 
     @classmethod
-    def bootstrap(cls, data_dir: Path, hosts: tuple[str, ...]) -> HubIdentity:
-        """Load or create the CA, the server and hub-client certificates and the signing key."""
+    def bootstrap(cls, data_dir: Path, hosts: tuple[str, ...] | None) -> HubIdentity:
+        """Load or create the CA, the server (for `hosts`; None = leave as is) and hub-client certificates
+        and the signing key."""
         paths = HubPaths(data_dir)
         private_dir(data_dir)
         private_dir(paths.pki)
         ca, _ = HubCA.load_or_create(paths.ca_cert, paths.ca_key)
-        _ensure_leaf(ca, paths.server_cert, paths.server_key, "edgefleet-hub-https", server=True, hosts=hosts)
+        if hosts is not None:
+            _ensure_leaf(ca, paths.server_cert, paths.server_key, "edgefleet-hub-https", server=True, hosts=hosts)
         _ensure_leaf(ca, paths.hub_cert, paths.hub_key, HUB_CN, server=False, hosts=())
         if paths.signing_key.exists():
             key = signing.load_private_key(paths.signing_key)

@@ -83,7 +83,8 @@ async def statuses(conn: AsyncConnection, ids: Iterable[str] | None = None) -> d
 async def apply_updates(conn: AsyncConnection, updates: Mapping[str, Mapping[str, Any]]) -> None:
     """Apply ingest updates {device_id: {column: value}}: one executemany per distinct column set."""
     groups: dict[frozenset[str], list[dict[str, Any]]] = {}
-    for device_id, values in updates.items():
+    # Sorted: replicas updating overlapping devices then lock rows in the same order (no deadlocks on PG).
+    for device_id, values in sorted(updates.items()):
         unknown = set(values) - INGEST_COLUMNS
         if unknown:
             raise ValueError(f"ingest may not update {sorted(unknown)}")

@@ -39,7 +39,9 @@ def _v1_initial(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=tables)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema: devices, claims, telemetry, api_tokens", _v1_initial),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema: devices, claims, telemetry, api_tokens", _v1_initial),
+)
 
 LATEST = MIGRATIONS[-1].version
 
@@ -58,13 +60,13 @@ def migrate_sync(conn: Connection, migrations: tuple[Migration, ...] = MIGRATION
         if step.version <= current:
             continue
         step.apply(conn)
-        conn.execute(
-            insert(schema.schema_version).values(version=step.version, name=step.name, applied_at=time.time())
-        )
+        conn.execute(insert(schema.schema_version).values(version=step.version, name=step.name, applied_at=time.time()))
         applied.append(step.version)
     return applied
 
 
 def versions_sync(conn: Connection) -> list[int]:
     """Versions recorded in schema_version, ascending."""
-    return list(conn.execute(select(schema.schema_version.c.version).order_by(schema.schema_version.c.version)).scalars())
+    return list(
+        conn.execute(select(schema.schema_version.c.version).order_by(schema.schema_version.c.version)).scalars()
+    )

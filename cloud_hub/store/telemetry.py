@@ -20,10 +20,13 @@ async def insert_many(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> 
         return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(schema.telemetry).on_conflict_do_nothing(index_elements=["device_id", "boot_id", "seq"])
-    await conn.execute(stmt, list(rows))
+    # Sorted by key so concurrent replicas take index locks in one order.
+    await conn.execute(stmt, sorted(rows, key=lambda r: (r["device_id"], r["boot_id"], r["seq"])))
 
 
-async def recent(conn: AsyncConnection, device_id: str, *, since: float = 0.0, limit: int = 1000) -> list[dict[str, Any]]:
+async def recent(
+    conn: AsyncConnection, device_id: str, *, since: float = 0.0, limit: int = 1000
+) -> list[dict[str, Any]]:
     """A device's reports received after `since`, oldest first (at most `limit`, the newest ones)."""
     query = (
         select(_t.device_id, _t.boot_id, _t.seq, _t.sent_at, _t.received_at, _t.pipelines)

@@ -3,8 +3,10 @@
 #
 # Build from the repository root:
 #   docker build -f deploy/docker/hub.Dockerfile -t edgefleet/hub:0.1.0 .
-# Run (SQLite in the data volume; give --db postgresql://... for several replicas):
-#   docker run -v hub-data:/var/lib/edgefleet-hub -p 8443:8443 edgefleet/hub:0.1.0
+# Run (SQLite in the data volume; add --db postgresql://... for several replicas, --broker mqtts://...
+# for ingest; the data dir comes from EDGEFLEET_HUB_DATA_DIR):
+#   docker run -v hub-data:/var/lib/edgefleet-hub -p 8443:8443 edgefleet/hub:0.1.0 \
+#     serve --host 0.0.0.0 --port 8443 --server-name hub.example.com --broker mqtts://mqtt.example.com:8883
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -25,6 +27,7 @@ LABEL org.opencontainers.image.title="edgefleet cloud hub" \
       org.opencontainers.image.source="https://github.com/edgefleet/edgefleet" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PATH=/opt/edgefleet/venv/bin:$PATH \
+    EDGEFLEET_HUB_DATA_DIR=/var/lib/edgefleet-hub \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 # A fixed non-root uid so volumes and Kubernetes securityContext (runAsUser: 10001) agree.
@@ -39,6 +42,6 @@ VOLUME ["/var/lib/edgefleet-hub"]
 EXPOSE 8443
 # The hub serves HTTPS with a certificate from its own CA; the probe is local, so it skips verification.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import ssl,sys,urllib.request as u; sys.exit(0 if u.urlopen('https://127.0.0.1:8443/api/v1/health', timeout=2, context=ssl._create_unverified_context()).status == 200 else 1)"]
+  CMD ["python", "-c", "import ssl,sys,urllib.request as u; sys.exit(0 if u.urlopen('https://127.0.0.1:8443/healthz', timeout=2, context=ssl._create_unverified_context()).status == 200 else 1)"]
 ENTRYPOINT ["cloud-hub"]
-CMD ["serve", "--data-dir", "/var/lib/edgefleet-hub", "--host", "0.0.0.0", "--port", "8443"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8443"]

@@ -152,6 +152,17 @@ class MqttLink:
             raise LinkDown(f"MQTT link is {self._state}")
         await session.publish(topic, _encode(payload), qos, retain, timeout_s or self.settings.ack_timeout_s)
 
+    def publish_nowait(
+        self, topic: str, payload: Payload, *, qos: Literal[0, 1] = 1, retain: bool = False
+    ) -> asyncio.Task[None]:
+        """Start a publish and return a task that ends with its PUBACK (tasks start in call order)."""
+        session = self._session
+        if session is None or not self.connected:
+            raise LinkDown(f"MQTT link is {self._state}")
+        return asyncio.create_task(
+            session.publish(topic, _encode(payload), qos, retain, self.settings.ack_timeout_s), name="mqtt-publish"
+        )
+
     def start(self) -> None:
         """Start connecting in the background (idempotent)."""
         if self._tasks:

@@ -26,6 +26,13 @@ SPOOL_DIR = "telemetry-spool"
 SEQ_FILE = "telemetry.seq"
 
 
+def _default_load() -> DeviceLoadSource:
+    # NVML (pynvml) only on hosts where it is installed; Jetson sysfs is read by the probe regardless.
+    from edge_agent import probe
+
+    return ProbeLoadSource(nvml=probe.load_nvml())
+
+
 def agent_version() -> str:
     """The installed edgefleet version ("0+unknown" when running from a source tree)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -76,7 +83,7 @@ class FleetService:
         self.telemetry = TelemetryReporter(
             self.link,
             stats=stats,
-            load=load or ProbeLoadSource(),
+            load=load or _default_load(),
             spool=Spool(state_dir / SPOOL_DIR, max_records=spool_max_reports, max_bytes=spool_max_bytes),
             seq=SequenceCounter(state_dir / SEQ_FILE),
             interval_s=interval_s,

@@ -1,10 +1,16 @@
-"""Periodic load reports: live at QoS 0 while the link is up, spooled on disk while it is not.
+"""Periodic load reports: sent live while the link is up, spooled on disk while it is not.
 
 Order is the invariant: a report goes out live only when the spool is empty; otherwise it joins the
 spool's tail, and the drainer sends the spool oldest-first at QoS 1, deleting each record only after its
 PUBACK. So reports reach the broker in sequence order, none is lost to an outage (up to the spool's
 bound, whose drops are counted), and none is sent twice except after a crash mid-drain, which the hub
 dedupes by (boot_id, seq). Everything here runs beside serving; serving never waits on it.
+
+Live reports default to QoS 1 *without waiting* (`live_qos=1`): a QoS 0 report written in the instant
+the broker dies is lost without trace, which the fleet issue's "none lost" forbids. Each live report is
+kept in memory until its PUBACK; if the connection drops first it is moved to the spool, ahead of any
+newer report. `live_qos=0` gives plain fire-and-forget (the cheaper choice where an occasional loss at
+a disconnect is acceptable).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 from edge_agent.fleet.device_load import DeviceLoadSource
 from edge_agent.fleet.errors import FleetError
@@ -44,6 +50,7 @@ class TelemetryReporter:
         interval_s: float,
         models: ModelsSource | None = None,
         boot_id: str | None = None,
+        live_qos: Literal[0, 1] = 1,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if interval_s <= 0:
@@ -56,6 +63,10 @@ class TelemetryReporter:
         self.interval_s = interval_s
         self.models = models
         self.boot_id = boot_id or uuid.uuid4().hex
+        self.live_qos = live_qos
+        self._inflight: dict[int, tuple[bytes, asyncio.Task[None]]] = {}
+        self._rescue_lock = asyncio.Lock()
+        self.rescued = 0
         self._wall_clock = wall_clock
         self._topic = link.topics.telemetry(link.settings.device_id)
         self._wake = asyncio.Event()
@@ -78,11 +89,18 @@ class TelemetryReporter:
             ]
 
     async def aclose(self) -> None:
-        """Stop both tasks; spooled reports stay on disk for the next start."""
+        """Stop both tasks; spooled (and still unacknowledged) reports stay on disk for the next start."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._inflight:
+            await asyncio.wait([t for _, t in self._inflight.values()], timeout=2.0)
+        for seq, (payload, task) in list(self._inflight.items()):
+            del self._inflight[seq]
+            if not (task.done() and not task.cancelled() and task.exception() is None):
+                task.cancel()
+                await asyncio.to_thread(self.spool.append, payload)
 
     async def __aenter__(self) -> Self:
         self.start()
@@ -108,13 +126,19 @@ class TelemetryReporter:
             device=device,
             models=tuple(self.models()) if self.models is not None else (),
         )
-        await self._submit(report.model_dump_json().encode())
+        await self._submit(report.seq, report.model_dump_json().encode())
         return report
 
-    async def _submit(self, payload: bytes) -> None:
+    async def _submit(self, seq: int, payload: bytes) -> None:
+        await self._rescue()
         if self.link.connected and self.spool.empty():
             try:
-                await self.link.publish(self._topic, payload, qos=0)
+                if self.live_qos == 0:
+                    await self.link.publish(self._topic, payload, qos=0)
+                else:
+                    task = self.link.publish_nowait(self._topic, payload, qos=1)
+                    self._inflight[seq] = (payload, task)
+                    task.add_done_callback(self._live_done)
             except FleetError as exc:
                 log.debug("live telemetry publish failed (%s): spooling", exc)
             else:
@@ -123,6 +147,24 @@ class TelemetryReporter:
         await asyncio.to_thread(self.spool.append, payload)
         self.spooled += 1
         self._wake.set()
+
+    def _live_done(self, task: asyncio.Task[None]) -> None:
+        # Retrieve the outcome here (no "exception never retrieved"); failures wake the drainer, which
+        # moves the report back to the spool. Acknowledged ones are forgotten by the next `_rescue`.
+        if task.cancelled() or task.exception() is not None:
+            self._wake.set()
+
+    async def _rescue(self) -> None:
+        """Move live reports whose connection dropped before PUBACK to the spool, oldest first."""
+        async with self._rescue_lock:
+            for seq, (payload, task) in list(self._inflight.items()):
+                if not task.done():
+                    break  # acks arrive in order; later ones are still in flight too
+                del self._inflight[seq]
+                if task.cancelled() or task.exception() is not None:
+                    await asyncio.to_thread(self.spool.append, payload)
+                    self.spooled += 1
+                    self.rescued += 1
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
@@ -154,6 +196,7 @@ class TelemetryReporter:
                 self._wake.set()
 
     async def _drain_once(self) -> None:
+        await self._rescue()
         while self.link.connected:
             record = await asyncio.to_thread(self.spool.oldest)
             if record is None:

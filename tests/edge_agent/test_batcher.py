@@ -115,7 +115,7 @@ async def test_max_queue_delay_with_injected_clock() -> None:
     b = batcher.submit("m", rows(2), 2)
     await settle()
     assert run.batches == []  # still waiting for the batch to grow
-    clock.advance(0.005)  # the oldest request has now waited max_queue_delay
+    clock.advance(0.006)  # the oldest request has now waited max_queue_delay
     await asyncio.gather(a, b)
     assert run.batches == [3]
     # A full batch goes at once, delay or not.

@@ -1,0 +1,119 @@
+"""Operator commands: claims and devices through the API; pki locally on the data dir."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+
+from cloud_hub.cli import render
+from cloud_hub.cli.client import HubClient
+from cloud_hub.errors import ConfigError
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '12h', '7d', '2w' or plain seconds."""
+    m = _DURATION.fullmatch(text.strip())
+    if not m:
+        raise ConfigError(f"invalid duration {text!r}: use e.g. 90s, 30m, 12h, 7d")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_labels(text: str | list[str]) -> dict[str, str]:
+    """'k=v,k2=v2' (or a list of k=v) -> dict."""
+    items = text if isinstance(text, list) else [p for p in text.split(",") if p.strip()]
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"invalid label {item!r}: use key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Dispatch a claims/devices/pki command."""
+    if args.command == "pki":
+        return _broker_cert(args)
+    client = HubClient.resolve(args.data_dir, args.hub, args.token, args.ca)
+    console = Console()
+    if args.command == "claims":
+        return _claims(args, client, console)
+    return _devices(args, client, console)
+
+
+def _claims(args: argparse.Namespace, client: HubClient, console: Console) -> int:
+    if args.action == "create":
+        body = {"labels": parse_labels(args.labels), "uses": args.uses, "expires_in_s": parse_duration(args.expires)}
+        created = client.request("POST", "/api/v1/claims", body)
+        if args.json:
+            render.print_json(created)
+        else:
+            claim = created["claim"]
+            console.print(
+                f"claim {claim['id']}: {claim['uses_total']} uses, labels {render.labels(claim['labels'])}, "
+                f"expires {render.when(claim['expires_at'])}. The token is shown only now. On each device run:"
+            )
+            # Plain print: the join line must stay one line that can be copied.
+            print(created["join_command"])
+        return 0
+    if args.action == "revoke":
+        result = client.request("POST", f"/api/v1/claims/{args.id}/revoke")
+        if args.json:
+            render.print_json(result)
+        else:
+            console.print(f"claim {args.id} revoked")
+        return 0
+    listed = client.request("GET", "/api/v1/claims")["claims"]
+    if args.json:
+        render.print_json(listed)
+    else:
+        console.print(render.claims_table(listed))
+    return 0
+
+
+def _devices(args: argparse.Namespace, client: HubClient, console: Console) -> int:
+    if args.action == "list":
+        query = "".join(f"&label={k}={v}" for k, v in parse_labels(args.label).items()).replace("&", "?", 1)
+        listed = client.request("GET", f"/api/v1/devices{query}")["devices"]
+        if args.json:
+            render.print_json(listed)
+        else:
+            console.print(render.devices_table(listed))
+        return 0
+    if args.action == "show":
+        device = client.request("GET", f"/api/v1/devices/{args.id}")["device"]
+        if args.json:
+            render.print_json(device)
+        else:
+            render.device_detail(device, console)
+        return 0
+    revoked = client.request("POST", f"/api/v1/devices/{args.id}/revoke")["device"]
+    if args.json:
+        render.print_json(revoked)
+    else:
+        console.print(
+            f"device {revoked['id']} revoked; certificate serial {revoked['cert_serial']} is on the CRL. "
+            "Restart the broker to load the new CRL (docs/hub.md)."
+        )
+    return 0
+
+
+def _broker_cert(args: argparse.Namespace) -> int:
+    from cloud_hub.pki import HubIdentity
+
+    identity = HubIdentity.bootstrap(args.data_dir, None)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    identity.issue_keypair(
+        "edgefleet-broker", out / "broker.pem", out / "broker.key", server=True, hosts=tuple(args.name)
+    )
+    shutil.copyfile(identity.paths.ca_cert, out / "edgefleet-ca.pem")
+    print(f"wrote {out / 'broker.pem'}, {out / 'broker.key'} (0600) and {out / 'edgefleet-ca.pem'}")
+    return 0

@@ -1,0 +1,69 @@
+"""Hooks the fleet service into `edge-agent serve`: an aiohttp cleanup_ctx plus the shared PipelineStats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from edge_agent.fleet.config import FleetConfig
+from edge_agent.fleet.service import FleetOptions, FleetService
+from edge_agent.fleet.stats import PipelineStats
+from protocols.messages import InstalledModel
+
+log = logging.getLogger(__name__)
+
+STATS_KEY = web.AppKey("fleet_stats", PipelineStats)
+
+
+def attach_fleet(app: web.Application, fleet: FleetConfig, state_dir: Any, core_key: Any) -> PipelineStats:
+    """Add the fleet link + telemetry to `app` as an owned background service; return the stats sink.
+
+    The serving core should call `stats.record(pipeline, route, latency_s, ok)` for every request.
+    """
+    stats = PipelineStats()
+    app[STATS_KEY] = stats
+    options = FleetOptions(
+        identity_dir=fleet.identity_dir,
+        state_dir=state_dir,
+        telemetry_interval_s=fleet.telemetry_interval_s,
+        spool_max_reports=fleet.spool_max_reports,
+        spool_max_bytes=fleet.spool_max_bytes,
+        keepalive_s=fleet.keepalive_s,
+        topic_prefix=fleet.topic_prefix,
+        broker_url=fleet.broker_url,
+    )
+
+    def installed() -> list[InstalledModel]:
+        core = app[core_key]
+        return [
+            InstalledModel(name=name, version=version, active=core.active_version(name) == version)
+            for name, versions in core.models().items()
+            for version in versions
+        ]
+
+    def pipelines() -> list[str]:
+        return sorted(app[core_key].pipelines())
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        # Identity files and the hardware probe are read off the event loop; a missing identity is
+        # logged and serving carries on without the fleet link (serving never depends on the broker).
+        try:
+            service = await asyncio.to_thread(
+                FleetService.from_options, options, stats=stats, models=installed, pipelines=pipelines
+            )
+        except Exception:
+            log.exception("fleet link disabled: cannot start it")
+            yield
+            return
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    app.cleanup_ctx.append(ctx)
+    return stats

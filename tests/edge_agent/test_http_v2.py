@@ -1,0 +1,171 @@
+"""The V2 HTTP app in-process: metadata, health, pipelines, binary/JSON outputs, compression, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from conftest import Reference, sample, standalone_config
+
+from edge_agent.http import CORE_KEY, STARTUP_KEY, make_app
+from protocols.binary import HEADER_LENGTH, decode_response, encode_request
+from protocols.pipeline import PipelineSpec
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def test_server_metadata_and_health(client: Client) -> None:
+    resp = await client.get("/v2")
+    meta = await resp.json()
+    assert meta["name"] == "edgefleet-edge-agent" and "binary_tensor_data" in meta["extensions"]
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/tiny-cnn/ready", "/v2/models/tiny-cnn/versions/1/ready"):
+        resp = await client.get(path)
+        assert resp.status == 200, path
+        assert await resp.read() == b""
+
+
+async def test_model_metadata_with_and_without_version(client: Client) -> None:
+    meta = await (await client.get("/v2/models/tiny-cnn")).json()
+    assert meta == {
+        "name": "tiny-cnn",
+        "versions": ["1", "2"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]}],
+        "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 4]}],
+    }
+    assert (await client.get("/v2/models/tiny-cnn/versions/1")).status == 200
+    resp = await client.get("/v2/models/tiny-cnn/versions/7")
+    assert resp.status == 404 and "no version" in (await resp.json())["error"]
+    resp = await client.get("/v2/models/missing/ready")
+    assert resp.status == 404
+    resp = await client.get("/no/such/route")
+    assert resp.status == 404 and "error" in await resp.json()
+
+
+async def test_explicit_version_and_json_output_selection(client: Client, reference: Reference) -> None:
+    batch = sample("tiny-cnn", 2)
+    body, length = encode_request(inputs={"input": batch}, outputs=["scores"], binary=False, id="abc")
+    assert length is None
+    resp = await client.post("/v2/models/tiny-cnn/versions/2/infer", data=body)
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/json")
+    data = await resp.json()
+    assert data["id"] == "abc" and data["model_version"] == "2"
+    got = np.asarray(data["outputs"][0]["data"], np.float32).reshape(data["outputs"][0]["shape"])
+    np.testing.assert_array_equal(got, reference("tiny-cnn", batch))
+    resp = await client.post("/v2/models/tiny-cnn/versions/1/infer", data=body)
+    assert (await resp.json())["model_version"] == "1"
+
+
+async def test_binary_output_per_output_flag(client: Client) -> None:
+    header = {
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        "parameters": {"priority": 1, "timeout": 5_000_000},
+    }
+    resp = await client.post("/v2/models/tiny-mlp/infer", data=json.dumps(header))
+    assert resp.status == 200
+    length = int(resp.headers[HEADER_LENGTH])
+    meta, arrays = decode_response(await resp.read(), length)
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 40
+    assert arrays["logits"].shape == (1, 10)
+
+
+async def test_deflate_body(client: Client) -> None:
+    body, length = encode_request(inputs={"input": sample("tiny-mlp", 3)})
+    resp = await client.post(
+        "/v2/models/tiny-mlp/infer",
+        data=zlib.compress(body),
+        headers={"Content-Encoding": "deflate", HEADER_LENGTH: str(length)},
+    )
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("parameters", "text"),
+    [({"priority": "high"}, "priority"), ({"timeout": -5}, "timeout"), ({"sequence_id": 3}, "sequence")],
+)
+async def test_scheduling_parameters_are_validated(client: Client, parameters: dict[str, Any], text: str) -> None:
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}], "parameters": parameters}
+    resp = await client.post("/v2/models/tiny-mlp/infer", data=json.dumps(body))
+    assert resp.status == 400 and text in (await resp.json())["error"]
+
+
+async def test_metrics_count_requests_batches_and_queue_depth(client: Client) -> None:
+    body, length = encode_request(inputs={"input": sample("tiny-mlp", 2)})
+    await client.post("/v2/models/tiny-mlp/infer", data=body, headers={HEADER_LENGTH: str(length)})
+    await client.post("/v2/models/nope/infer", data=body, headers={HEADER_LENGTH: str(length)})
+    text = await (await client.get("/metrics")).text()
+    assert 'edgefleet_requests_total{code="200",model="tiny-mlp"} 1.0' in text
+    assert 'edgefleet_requests_total{code="404",model="<unknown>"} 1.0' in text
+    assert 'edgefleet_request_errors_total{kind="NotFound",model="<unknown>"} 1.0' in text
+    assert 'edgefleet_queue_depth_rows{model="tiny-mlp:1"} 0.0' in text
+    assert 'edgefleet_model_ready{model="tiny-cnn:2"} 1.0' in text
+    assert "edgefleet_batch_size_rows_bucket" in text and "edgefleet_inference_duration_seconds" in text
+    assert "edgefleet_request_latency_seconds_bucket" in text
+
+
+async def test_openapi_document(client: Client) -> None:
+    doc = await (await client.get("/v2/openapi.json")).json()
+    assert doc["openapi"].startswith("3.1")
+    assert {"InferRequest", "InferResponse", "ModelMetadata", "ServerMetadata", "ErrorResponse"} <= set(
+        doc["components"]["schemas"]
+    )
+    assert "/v2/models/{model}/versions/{version}/infer" in doc["paths"]
+    assert (await client.get("/openapi.json")).status == 200
+
+
+async def test_pipelines_are_v2_model_names(aiohttp_client: Any) -> None:
+    config = standalone_config(
+        expose_models=False,
+        pipelines=[
+            PipelineSpec(name="collision", model="tiny-cnn", version="1", priority="safety", deadline_ms=50),
+            PipelineSpec(name="shelf", model="tiny-cnn", priority="best_effort", deadline_ms=500),
+        ],
+    )
+    app = make_app(config)
+    client: Client = await aiohttp_client(app)
+    await app[STARTUP_KEY]
+    assert (await client.get("/v2/models/tiny-cnn")).status == 404
+    meta = await (await client.get("/v2/models/collision")).json()
+    assert meta["name"] == "collision" and meta["versions"] == ["1"]
+    assert (await (await client.get("/v2/models/shelf")).json())["versions"] == ["1", "2"]
+    body, length = encode_request(inputs={"input": sample("tiny-cnn", 1)})
+    resp = await client.post("/v2/models/collision/infer", data=body, headers={HEADER_LENGTH: str(length)})
+    header, _ = decode_response(await resp.read(), int(resp.headers[HEADER_LENGTH]))
+    assert header["model_name"] == "collision" and header["model_version"] == "1"
+    resp = await client.post("/v2/models/collision/versions/2/infer", data=body, headers={HEADER_LENGTH: str(length)})
+    assert resp.status == 404
+    assert app[CORE_KEY].pipelines()["collision"].effective_offload == "never"
+
+
+async def test_not_ready_until_loaded_then_503_with_retry_after(aiohttp_client: Any) -> None:
+    app = make_app(standalone_config())
+    client: Client = await aiohttp_client(app)
+    assert (await client.get("/v2/health/live")).status == 200
+    await app[STARTUP_KEY]
+    assert (await client.get("/v2/health/ready")).status == 200
+    core = app[CORE_KEY]
+    core.models()["tiny-mlp"]["1"].ready = False
+    assert (await client.get("/v2/health/ready")).status == 400
+    assert (await client.get("/v2/models/tiny-mlp/ready")).status == 400
+    body, length = encode_request(inputs={"input": sample("tiny-mlp", 1)})
+    resp = await client.post("/v2/models/tiny-mlp/infer", data=body, headers={HEADER_LENGTH: str(length)})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    assert "not ready" in (await resp.json())["error"]
+
+
+async def test_body_limit_is_configurable(aiohttp_client: Any) -> None:
+    app = make_app(standalone_config(http={"max_body_bytes": 1024}))
+    client: Client = await aiohttp_client(app)
+    await app[STARTUP_KEY]
+    body, length = encode_request(inputs={"input": sample("tiny-mlp", 8)})
+    resp = await client.post("/v2/models/tiny-mlp/infer", data=body, headers={HEADER_LENGTH: str(length)})
+    assert resp.status == 413 and "limit" in (await resp.json())["error"]
+    compressed = zlib.compress(b" " * 4096)
+    resp = await client.post("/v2/models/tiny-mlp/infer", data=compressed, headers={"Content-Encoding": "deflate"})
+    assert resp.status == 413
