@@ -45,9 +45,18 @@ def report_template(device_id: str) -> str:
         sent_at=time.time(),
         interval_s=10.0,
         pipelines=(
-            PipelineLoad(name="detect", model="tiny-cnn", version="2", priority="standard", requests_per_s=12.0,
-                         routes=RouteCounts(local=110, cloud=10), p50_ms=4.2, p99_ms=18.5, queue_depth=1),
-        ),  # fmt: skip
+            PipelineLoad(
+                name="detect",
+                model="tiny-cnn",
+                version="2",
+                priority="standard",
+                requests_per_s=12.0,
+                routes=RouteCounts(local=110, cloud=10),
+                p50_ms=4.2,
+                p99_ms=18.5,
+                queue_depth=1,
+            ),
+        ),
         device=DeviceLoad(cpu_percent=35.0, ram_used_mb=1500, ram_total_mb=8192, gpu_source="unavailable"),
     )
     return report.model_dump_json()
@@ -161,9 +170,7 @@ async def _role_hub(port: int, data_dir: str, db_url: str, expect: int, idle_s: 
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bench.ingest", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
+    return subprocess.Popen([sys.executable, "-m", "bench.ingest", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
 
 def _wait_ready(proc: subprocess.Popen[str]) -> None:
@@ -207,7 +214,9 @@ def _pg_database(action: str, name: str) -> None:
         dsn = make_url(PG_URL).set(drivername="postgresql").render_as_string(hide_password=False)
         conn = await asyncpg.connect(dsn)
         try:
-            sql = f'CREATE DATABASE "{name}"' if action == "create" else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+            sql = (
+                f'CREATE DATABASE "{name}"' if action == "create" else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+            )
             await conn.execute(sql)
         finally:
             await conn.close()
@@ -231,8 +240,9 @@ def main_controller(per_device: int, publishers: int) -> str:
                          per_device, publishers)  # fmt: skip
             sqlite_url = f"sqlite:///{tmp}/hub.db"
             asyncio.run(_prepare_db(sqlite_url, DEVICES))
-            hub = _phase(broker.port, [_spawn("--role", "hub", "--port", str(broker.port), "--data-dir", f"{tmp}/hub",
-                                              "--db", sqlite_url, "--expect", str(expect))], per_device, publishers)  # fmt: skip
+            single = _spawn("--role", "hub", "--port", str(broker.port), "--data-dir", f"{tmp}/hub",
+                            "--db", sqlite_url, "--expect", str(expect))  # fmt: skip
+            hub = _phase(broker.port, [single], per_device, publishers)
             pg_name = f"edgefleet_bench_{os.getpid()}"
             _pg_database("create", pg_name)
             try:

@@ -120,7 +120,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def run_wrk(wrk: str, url: str, body_file: Path, header_length: int | None, seconds: int) -> WrkResult:
     """One wrk run at CONNECTIONS connections; parses the Lua script's RESULT line."""
-    env = {**os.environ, "BODY_FILE": str(body_file), "HEADER_LENGTH": "" if header_length is None else str(header_length)}
+    env = {
+        **os.environ,
+        "BODY_FILE": str(body_file),
+        "HEADER_LENGTH": "" if header_length is None else str(header_length),
+    }
     cmd = pinned([wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url], CLIENT_CPU)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     match = re.search(r"RESULT requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+) errors=(\d+)", out)
@@ -234,7 +238,7 @@ def main() -> int:
         finally:
             stop(agent_proc)
 
-    for model, version, _, rows in CASES:
+    for model, _, _, rows in CASES:
         for encoding in ("json", "binary"):
             a, b = agent[(model, encoding)], bare[(model, encoding)]
             line = (
@@ -243,8 +247,8 @@ def main() -> int:
             if rows > 1:
                 line += f" agent/raw_ort={a.rps * rows / raw[model][rows]:.2f} (batch-{rows} requests vs raw b{rows})"
             else:
-                best = max(raw[model].values())
-                line += f" agent/raw_ort={a.rps * rows / best:.2f}"
+                best_rate = max(raw[model].values())
+                line += f" agent/raw_ort={a.rps * rows / best_rate:.2f}"
             line += (
                 f" agent_p50_ms={a.p50_ms:.2f} agent_p99_ms={a.p99_ms:.2f}"
                 f" bare_p50_ms={b.p50_ms:.2f} bare_p99_ms={b.p99_ms:.2f}"

@@ -100,7 +100,7 @@ def _devices(args: argparse.Namespace, client: HubClient, console: Console) -> i
     else:
         console.print(
             f"device {revoked['id']} revoked; certificate serial {revoked['cert_serial']} is on the CRL. "
-            "Restart the broker to load the new CRL (docs/hub.md)."
+            "Reload the broker (SIGHUP / systemctl reload mosquitto) so new connections check it (docs/hub.md)."
         )
     return 0
 

@@ -51,9 +51,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     name = f"edgefleet_test_{secrets.token_hex(6)}"
     await _pg_admin(f'CREATE DATABASE "{name}"')
     try:
-        yield make_url(PG_URL).set(drivername="postgresql+asyncpg", database=name).render_as_string(
-            hide_password=False
-        )
+        yield make_url(PG_URL).set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
     finally:
         await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

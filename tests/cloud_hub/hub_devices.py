@@ -32,7 +32,9 @@ TOPICS = Topics()
 HARDWARE = HardwareSummary(platform="x86_64-cpu", model="test box", cpu_count=2, ram_mb=4096)
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey | None = None, cn: str = "ignored") -> tuple[ec.EllipticCurvePrivateKey, str]:
+def make_csr(
+    key: ec.EllipticCurvePrivateKey | None = None, cn: str = "ignored"
+) -> tuple[ec.EllipticCurvePrivateKey, str]:
     """An EC key and a PEM CSR for it (the subject is ignored by the hub)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     csr = (
@@ -56,9 +58,7 @@ async def provision(
     request = ProvisionRequest(claim_token=token, csr_pem=csr_pem or csr, hardware=HARDWARE, device_id=device_id)
     async with (
         aiohttp.ClientSession() as session,
-        session.post(
-            f"{hub_url}/api/v1/provision", data=request.model_dump_json(), ssl=client_ssl(cafile)
-        ) as resp,
+        session.post(f"{hub_url}/api/v1/provision", data=request.model_dump_json(), ssl=client_ssl(cafile)) as resp,
     ):
         return resp.status, await resp.json(), key
 
@@ -77,14 +77,18 @@ def write_identity(directory: Path, key: ec.EllipticCurvePrivateKey, cert_pem: s
 
 def birth(device_id: str, boot_id: str = "boot-1") -> bytes:
     """A birth message."""
-    return DeviceBirth(
-        device_id=device_id,
-        boot_id=boot_id,
-        agent_version="0.1.0",
-        sent_at=time.time(),
-        hardware=HARDWARE,
-        telemetry_interval_s=10.0,
-    ).model_dump_json().encode()
+    return (
+        DeviceBirth(
+            device_id=device_id,
+            boot_id=boot_id,
+            agent_version="0.1.0",
+            sent_at=time.time(),
+            hardware=HARDWARE,
+            telemetry_interval_s=10.0,
+        )
+        .model_dump_json()
+        .encode()
+    )
 
 
 def will(device_id: str) -> bytes:
@@ -94,26 +98,30 @@ def will(device_id: str) -> bytes:
 
 def load_report(device_id: str, seq: int, boot_id: str = "boot-1", p99_ms: float = 12.5) -> bytes:
     """A load report with one pipeline."""
-    return LoadReport(
-        device_id=device_id,
-        boot_id=boot_id,
-        seq=seq,
-        sent_at=time.time(),
-        interval_s=10.0,
-        pipelines=(
-            PipelineLoad(
-                name="detect",
-                model="tiny-cnn",
-                version="2",
-                priority="standard",
-                requests_per_s=5.0,
-                routes=RouteCounts(local=50),
-                p50_ms=4.0,
-                p99_ms=p99_ms,
+    return (
+        LoadReport(
+            device_id=device_id,
+            boot_id=boot_id,
+            seq=seq,
+            sent_at=time.time(),
+            interval_s=10.0,
+            pipelines=(
+                PipelineLoad(
+                    name="detect",
+                    model="tiny-cnn",
+                    version="2",
+                    priority="standard",
+                    requests_per_s=5.0,
+                    routes=RouteCounts(local=50),
+                    p50_ms=4.0,
+                    p99_ms=p99_ms,
+                ),
             ),
-        ),
-        device=DeviceLoad(cpu_percent=20.0, ram_used_mb=1000, ram_total_mb=4096, gpu_source="unavailable"),
-    ).model_dump_json().encode()
+            device=DeviceLoad(cpu_percent=20.0, ram_used_mb=1000, ram_total_mb=4096, gpu_source="unavailable"),
+        )
+        .model_dump_json()
+        .encode()
+    )
 
 
 class DeviceClient:

@@ -39,7 +39,9 @@ class Api:
             return r.status, await r.json()
 
     async def claim(self, uses: int = 5, labels: dict[str, str] | None = None, expires: float = 3600) -> dict[str, Any]:
-        status, body = await self.call("POST", "/api/v1/claims", {"labels": labels or {}, "uses": uses, "expires_in_s": expires})
+        status, body = await self.call(
+            "POST", "/api/v1/claims", {"labels": labels or {}, "uses": uses, "expires_in_s": expires}
+        )
         assert status == 201, body
         return body  # type: ignore[no-any-return]
 

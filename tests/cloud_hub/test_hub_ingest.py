@@ -23,7 +23,6 @@ from cloud_hub.hub import Hub
 from cloud_hub.pki import HubIdentity
 from cloud_hub.store import devices, telemetry
 
-
 MOSQUITTO_SWEEP_S = 7.0
 
 
@@ -39,9 +38,7 @@ async def until(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "
 @pytest_asyncio.fixture
 async def ingest_hub(hub_data_dir: Path, db_url: str, hub_broker: Mosquitto) -> AsyncIterator[Hub]:
     """A hub ingesting from the mTLS broker."""
-    config = hub_config(
-        hub_data_dir, db_url, brokers=(f"mqtts://127.0.0.1:{hub_broker.port}",), batch_max_delay_ms=50
-    )
+    config = hub_config(hub_data_dir, db_url, brokers=(f"mqtts://127.0.0.1:{hub_broker.port}",), batch_max_delay_ms=50)
     async with serve_hub(config) as hub:
         assert hub.ingest is not None
         await hub.ingest.wait_connected(10)
@@ -115,7 +112,7 @@ async def test_reports_are_validated_stored_and_bad_ones_dropped(
         await hub.ingest.writer.drain()
         async with hub.store.begin() as conn:
             assert [r["seq"] for r in await telemetry.recent(conn, "dev-b")] == [1]
-        text = (await _metrics(api))
+        text = await _metrics(api)
         assert 'edgefleet_hub_ingest_dropped_total{reason="revoked"} 2.0' in text
     finally:
         a.close()

@@ -33,9 +33,8 @@ def _device(device_id: str, **over: object) -> dict[str, object]:
 
 
 async def test_migrations_apply_once_and_record_versions(db_url: str) -> None:
-    async with Store(db_url) as store:
-        async with store.begin() as conn:
-            assert await conn.run_sync(versions_sync) == [m.version for m in MIGRATIONS]
+    async with Store(db_url) as store, store.begin() as conn:
+        assert await conn.run_sync(versions_sync) == [m.version for m in MIGRATIONS]
     # Reopening applies nothing new.
     async with Store(db_url) as store, store.begin() as conn:
         assert await conn.run_sync(migrate_sync) == []
@@ -159,7 +158,14 @@ async def test_device_updates_revocation_and_serials(db_url: str) -> None:
 
 async def test_telemetry_batches_skip_duplicates_and_prune(db_url: str) -> None:
     rows = [
-        {"device_id": "d1", "boot_id": "b", "seq": i, "sent_at": i, "received_at": 100.0 + i, "pipelines": {"p": {"p99_ms": i}}}
+        {
+            "device_id": "d1",
+            "boot_id": "b",
+            "seq": i,
+            "sent_at": i,
+            "received_at": 100.0 + i,
+            "pipelines": {"p": {"p99_ms": i}},
+        }
         for i in range(5)
     ]
     async with Store(db_url) as store:

@@ -116,8 +116,8 @@ async def test_two_devices_by_claim_isolated_rogue_refused_revoked_ignored(
         refused = await asyncio.to_thread(_connect, hub_broker, cafile, mqtt_pki.client("dev-a"), "dev-a-rogue")
         assert isinstance(refused, str) and refused != "no CONNACK", refused
 
-        # Revoked by the real CLI: the hub ignores B from then on (the broker still lets it in until it
-        # is restarted with the new CRL; see docs/hub.md).
+        # Revoked by the real CLI: the hub ignores B from then on (B's open connection survives until the
+        # broker re-reads the CRL; see docs/hub.md).
         await sh("cloud_hub", "--data-dir", str(hub_data_dir), "devices", "revoke", "dev-b")
         await asyncio.to_thread(b.publish, TOPICS.telemetry("dev-b"), load_report("dev-b", 1))
         await until(lambda: hub.metrics.dropped_count("revoked") == 1, what="revoked counted")
@@ -126,7 +126,7 @@ async def test_two_devices_by_claim_isolated_rogue_refused_revoked_ignored(
         a.close()
         b.close()
 
-    # After a broker restart with the CRL the hub wrote, the revoked certificate cannot connect at all.
+    # Once the broker has re-read the CRL the hub wrote, the revoked certificate cannot connect at all.
     await asyncio.to_thread(hub_broker.restart)
     refused = await asyncio.to_thread(_connect, hub_broker, cafile, cert("dev-b"), "dev-b")
     assert isinstance(refused, str), refused

@@ -147,7 +147,7 @@ async def test_cancelled_requests_are_skipped() -> None:
     batcher.add_queue("m", run, ("x",), max_batch_size=8)
     futures = [batcher.submit("m", rows(1, i), 1) for i in range(3)]
     futures[1].cancel()
-    first, third = await asyncio.gather(futures[0], futures[2])
+    _, third = await asyncio.gather(futures[0], futures[2])
     assert run.batches == [2]
     np.testing.assert_array_equal(third["y"], [[4.0]])
     await batcher.aclose()

@@ -82,7 +82,7 @@ def test_every_config_field_is_described() -> None:
 
 
 def test_parser_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    parser, sub = build_parser()
+    _, sub = build_parser()
     assert {"serve", "doctor"} <= set(sub.choices)
     assert main(["serve"]) == 2
     assert "--config" in capsys.readouterr().err
@@ -127,9 +127,21 @@ def test_bad_package_fails_start_with_a_message(tmp_path: Path) -> None:
     agent_dir = tmp_path / "pkgs"
     agent_dir.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_agent", "serve", "--standalone", "--model-dir", str(tmp_path / "none"),
-         "--no-verify", "--port", "0"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "serve",
+            "--standalone",
+            "--model-dir",
+            str(tmp_path / "none"),
+            "--no-verify",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "does not exist" in proc.stderr

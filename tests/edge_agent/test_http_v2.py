@@ -23,7 +23,12 @@ async def test_server_metadata_and_health(client: Client) -> None:
     resp = await client.get("/v2")
     meta = await resp.json()
     assert meta["name"] == "edgefleet-edge-agent" and "binary_tensor_data" in meta["extensions"]
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/tiny-cnn/ready", "/v2/models/tiny-cnn/versions/1/ready"):
+    for path in (
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/tiny-cnn/ready",
+        "/v2/models/tiny-cnn/versions/1/ready",
+    ):
         resp = await client.get(path)
         assert resp.status == 200, path
         assert await resp.read() == b""
@@ -90,7 +95,10 @@ async def test_deflate_body(client: Client) -> None:
     [({"priority": "high"}, "priority"), ({"timeout": -5}, "timeout"), ({"sequence_id": 3}, "sequence")],
 )
 async def test_scheduling_parameters_are_validated(client: Client, parameters: dict[str, Any], text: str) -> None:
-    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}], "parameters": parameters}
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}],
+        "parameters": parameters,
+    }
     resp = await client.post("/v2/models/tiny-mlp/infer", data=json.dumps(body))
     assert resp.status == 400 and text in (await resp.json())["error"]
 

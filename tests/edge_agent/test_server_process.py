@@ -198,8 +198,7 @@ async def test_500_concurrent_requests_from_64_clients_no_cross_talk(agent: Agen
     assert len(results) == count
     for i in range(count):
         np.testing.assert_array_equal(results[i], expected[i])
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{agent.url}/metrics") as resp:
-            text = await resp.text()
+    async with aiohttp.ClientSession() as session, session.get(f"{agent.url}/metrics") as resp:
+        text = await resp.text()
     # Batching actually happened: some batch held more than one row.
     assert 'edgefleet_batch_size_rows_bucket{le="1.0",model="tiny-mlp:1"}' in text
