@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python >= 3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[hub,dev]'
+	$(PIP) install -q -e '.[cpu,hub,dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -9,7 +10,7 @@ from types import TracebackType
 from typing import Self
 
 from cloud_hub.config import HubConfig
-from cloud_hub.errors import ConfigError
+from cloud_hub.errors import ConfigError, HubError
 from cloud_hub.files import write_atomic
 from cloud_hub.fleet.claims import ClaimService
 from cloud_hub.fleet.devices import DeviceService
@@ -19,7 +20,12 @@ from cloud_hub.fleet.tokens import OPERATOR_PREFIX, new_id, new_token, token_has
 from cloud_hub.ingest.service import IngestService
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.pki import HubIdentity
+from cloud_hub.registry import ModelRegistry
+from cloud_hub.rollouts.desired import DesiredWriter
+from cloud_hub.rollouts.orchestrator import Orchestrator
+from cloud_hub.rollouts.service import RolloutService
 from cloud_hub.store import Store, tokens
+from protocols.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,13 @@ class Hub:
             if ingest
             else None
         )
+        # Issue 6: model registry, desired state and the rollout orchestrator (an owned task).
+        self.registry = ModelRegistry(self.store, self.identity, self.url)
+        self.desired = DesiredWriter(
+            self.store, Topics(config.topic_prefix), self._publish_desired if self.ingest is not None else None
+        )
+        self.orchestrator = Orchestrator(self.registry, self.desired, live=self.fleet)
+        self.rollouts = RolloutService(self.orchestrator)
 
     def _server_names(self) -> tuple[str, ...]:
         names = ["localhost", "127.0.0.1", *self.config.server_names]
@@ -80,13 +93,18 @@ class Hub:
             await self.devices.write_crl()
             if self.ingest is not None:
                 await self.ingest.start()
+            self.registry.artifacts.ensure()
+            await self.orchestrator.start()
         except BaseException:
+            if self.ingest is not None:
+                await self.ingest.aclose()
             await self.store.aclose()
             raise
         return self
 
     async def aclose(self) -> None:
-        """Stop ingest (flushing its buffer) and close the store."""
+        """Stop the orchestrator and ingest (flushing its buffer), then close the store."""
+        await self.orchestrator.aclose()
         if self.ingest is not None:
             await self.ingest.aclose()
         await self.store.aclose()
@@ -113,6 +131,16 @@ class Hub:
             self.token_hashes = await tokens.hashes(conn)
         if not self.token_hashes:
             raise ConfigError("no operator token in the database")
+
+    async def _publish_desired(self, topic: str, payload: bytes) -> None:
+        """Publish a desired state retained, QoS 1, on every broker the hub is linked to."""
+        links = self.ingest.links if self.ingest is not None else []
+        if not links:
+            raise HubError("no broker link to publish desired state on")
+        down = [str(link.url) for link in links if not link.connected.is_set()]
+        if down:
+            raise HubError(f"broker {down[0]} is not connected")
+        await asyncio.gather(*(link.publish(topic, payload, qos=1, retain=True) for link in links))
 
     def check_token(self, token: str) -> bool:
         """True if `token` is a known operator API token."""

@@ -22,7 +22,7 @@ from models.runtimes.base import Runtime
 from models.runtimes.factory import create_runtime
 from protocols.datatypes import numpy_dtype
 from protocols.manifest import Manifest, TensorSpec
-from protocols.pipeline import PipelineSpec
+from protocols.pipeline import PRIORITY_RANK, PipelineSpec
 
 __all__ = ["LoadedModel", "Route", "ServingCore"]
 
@@ -170,6 +170,9 @@ class ServingCore:
         self._models.setdefault(manifest.name, {})[manifest.version] = model
         await self._warm_up(model)
         model.ready = True
+        if self.started and self.config.expose_models and manifest.name not in self._pipelines:
+            self._active.setdefault(manifest.name, manifest.version)
+            self._pipelines[manifest.name] = PipelineSpec(name=manifest.name, model=manifest.name)
         logger.info("model %s ready on %s", model.key, runtime.info.provider)
         return model
 
@@ -186,7 +189,9 @@ class ServingCore:
         self._active[name] = version
 
     async def unload(self, name: str, version: str) -> None:
-        """Stop routing to a version, let its queue drain, and release its runtime."""
+        """Stop routing to a version, let its queue drain, and release its runtime; never the active one."""
+        if self._active.get(name) == version:
+            raise Unavailable(f"model {name!r} version {version!r} is active: activate another one first")
         model = self._models.get(name, {}).pop(version, None)
         if model is None:
             raise NotFound(f"model {name!r} version {version!r} is not loaded")
@@ -277,7 +282,10 @@ class ServingCore:
         priority: int = 0,
         timeout_us: int | None = None,
     ) -> Tensors:
-        """Validate, queue, and await one request; returns the requested outputs."""
+        """Validate, queue, and await one request; returns the requested outputs.
+
+        `priority` is Triton's request level (0 = default, 1 = highest) and `timeout_us` its timeout.
+        """
         model = route.model
         if not model.ready:
             raise Unavailable(f"model {model.key!r} is not ready")
@@ -286,8 +294,18 @@ class ServingCore:
             unknown = [n for n in requested if n not in model.output_names]
             if unknown:
                 raise InvalidInput(f"unknown output(s) {unknown} for model {route.pipeline.name!r}")
-        # priority and timeout_us are validated by the transport; issue 4's scheduler acts on them.
-        outputs = await self.batcher.submit(model.key, inputs, rows, priority=priority)
+        # The deadline and class rank ride on the request for the priority scheduler (issue 4); the FIFO
+        # batcher does not act on them yet. A request's `timeout` only ever shortens the pipeline's deadline.
+        budget_s = route.pipeline.deadline_ms / 1000.0
+        if timeout_us:
+            budget_s = min(budget_s, timeout_us / 1e6)
+        outputs = await self.batcher.submit(
+            model.key,
+            inputs,
+            rows,
+            priority=PRIORITY_RANK[route.pipeline.priority],
+            deadline=self.batcher.now() + budget_s,
+        )
         if requested is None:
             return outputs
         return {n: outputs[n] for n in requested}

@@ -16,6 +16,8 @@ from cloud_hub.api.routes import MAX_BODY, routes
 from cloud_hub.config import HubConfig
 from cloud_hub.files import write_atomic
 from cloud_hub.hub import Hub
+from cloud_hub.registry.http import routes as registry_routes
+from cloud_hub.rollouts.http import routes as rollout_routes
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ def build_app(hub: Hub) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[HUB_KEY] = hub
     app.add_routes(routes)
+    app.add_routes(registry_routes)
+    app.add_routes(rollout_routes)
     return app
 
 

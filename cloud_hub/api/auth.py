@@ -10,12 +10,18 @@ from cloud_hub.errors import Unauthorized
 
 # Paths that do not need the operator token (devices authenticate with their claim token).
 PUBLIC = frozenset({"/api/v1/provision", "/api/v1/ca", "/api/v1/ca.pem"})
+# Paths whose handler authenticates itself: artifacts accept a device certificate or the operator token.
+SELF_AUTHENTICATED = ("/api/v1/artifacts/",)
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Require a known operator token on every /api/ path except the public ones."""
-    if request.path.startswith("/api/") and request.path not in PUBLIC:
+    if (
+        request.path.startswith("/api/")
+        and request.path not in PUBLIC
+        and not request.path.startswith(SELF_AUTHENTICATED)
+    ):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing bearer token")

@@ -3,7 +3,8 @@
 paho's socket callbacks register the socket with the loop (`add_reader` -> `loop_read`, `add_writer` ->
 `loop_write`) and a 1 s task calls `loop_misc` for keepalive, as in paho's asyncio example and Home
 Assistant's MQTT client. Measured in bench/ingest.py against `loop_start()`: messages are handled on the
-loop thread with no thread hop and no GIL hand-off per message. SUBACK/PUBACK are awaited with one Future
+loop thread with no thread hop and no GIL hand-off per message. The client is `LeanClient`
+(paho_client.py): buffered reads and a direct (topic, payload) path for plain publishes. SUBACK/PUBACK are awaited with one Future
 per message id, removed in `finally`; every (re)connect resubscribes; an authentication failure stops
 retrying; other failures reconnect with jittered exponential backoff.
 """
@@ -29,6 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_hub.errors import ConfigError, HubError
+from cloud_hub.ingest.paho_client import LeanClient
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,11 @@ class MqttLink:
         self._task: asyncio.Task[None] | None = None
         self._misc: asyncio.Task[None] | None = None
         self._closing = False
-        client = mqtt.Client(
+        client = LeanClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"edgefleet-hub-{uuid.uuid4().hex[:12]}",
             protocol=mqtt.MQTTv5,
+            on_publish=self._on_publish_fast,
         )
         if ssl_context is not None:
             client.tls_set_context(ssl_context)
@@ -297,6 +300,12 @@ class MqttLink:
         except Exception:
             log.exception("message handler failed on %s", message.topic)
 
+    def _on_publish_fast(self, topic: str, payload: bytes) -> None:
+        try:
+            self.on_message(topic, payload)
+        except Exception:
+            log.exception("message handler failed on %s", topic)
+
     def _on_socket_open(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
         self._in_loop(lambda: self._loop.add_reader(sock, self._readable))
 
@@ -318,17 +327,25 @@ class MqttLink:
 
     def _readable(self) -> None:
         # paho reads one packet per loop_read(). Going back to the event loop after each would cost a full
-        # loop iteration per message, so keep reading while the socket (or, for TLS, the SSL object, whose
-        # decrypted bytes epoll cannot see) still has data, up to a batch, then let other tasks run.
+        # loop iteration per message, so keep reading while data is at hand, up to a batch, then let other
+        # tasks run. Data at hand: bytes in LeanClient's buffer or, for TLS, decrypted bytes in the SSL
+        # object (epoll sees neither), else the socket itself (select, once per buffer refill).
         client = self.client
         client.loop_read()
         for _ in range(READ_BATCH):
             sock = client.socket()
             if sock is None:
                 return
-            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()) and not select.select([sock], [], [], 0)[0]:
+            if (
+                not client.buffered()
+                and not (isinstance(sock, ssl.SSLSocket) and sock.pending())
+                and not select.select([sock], [], [], 0)[0]
+            ):
                 return
             client.loop_read()
+        if client.buffered():
+            # epoll will not report bytes already in our buffer: come back after other tasks had a turn.
+            self._loop.call_soon(self._readable)
 
     def _writable(self) -> None:
         self.client.loop_write()

@@ -129,10 +129,17 @@ class HubIdentity:
         return (SigningKey(key_id=signing.key_id(public), public_key_pem=pem),)
 
     def server_ssl_context(self) -> ssl.SSLContext:
-        """TLS server context for the HTTPS listener."""
+        """TLS server context for the HTTPS listener.
+
+        It asks for an optional client certificate from the hub CA: devices present theirs to download
+        artifacts (the handler checks CN = a provisioned, non-revoked device), while provisioning and the
+        operator API work without one. A certificate from another CA fails the handshake.
+        """
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(self.paths.server_cert), str(self.paths.server_key))
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(cafile=str(self.paths.ca_cert))
         return ctx
 
     def mqtt_ssl_context(self, cafile: Path | None = None) -> ssl.SSLContext:

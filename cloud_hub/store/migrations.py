@@ -39,8 +39,14 @@ def _v1_initial(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=tables)
 
 
+def _v2_rollouts(conn: Connection) -> None:
+    tables = [schema.models, schema.device_desired, schema.rollouts, schema.rollout_devices, schema.leases]
+    schema.metadata.create_all(conn, tables=tables)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: devices, claims, telemetry, api_tokens", _v1_initial),
+    Migration(2, "model registry, device desired state, rollouts, leases", _v2_rollouts),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -93,3 +93,78 @@ api_tokens = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
 )
+
+# --- issue 6: model registry, desired state, rollouts (migration step 2) ---------------------------
+
+# One row per pushed (name, version): the stored tar is the package re-signed by the hub.
+models = Table(
+    "models",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("sha256", String(64), nullable=False),  # of the stored .tar: its content address and ETag
+    Column("package_sha256", String(64), nullable=False),  # of the canonical manifest: what "same package" means
+    Column("size", BigInteger, nullable=False),
+    Column("manifest", Json, nullable=False),
+    Column("signature", Json, nullable=False),  # the hub's signature (also manifest.sig.json in the tar)
+    Column("publisher_key_id", String(16), nullable=True),  # who signed the upload; None if unsigned
+    Column("pushed_at", Float, nullable=False),
+    Index("ix_models_sha256", "sha256"),
+)
+
+# The desired state of each device: every model it should run, and its revision (only grows).
+device_desired = Table(
+    "device_desired",
+    metadata,
+    Column("device_id", String(128), primary_key=True),
+    Column("revision", BigInteger, nullable=False),
+    Column("models", Json, nullable=False),
+    Column("apply", Json, nullable=False),
+    Column("rollout_id", String(64), nullable=True),
+    Column("issued_at", Float, nullable=False),
+    Column("unpublished", Boolean, nullable=False),  # committed but not yet acknowledged by the broker
+    Index("ix_device_desired_unpublished", "unpublished"),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("model", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("spec", Json, nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("wave", Integer, nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("phase_since", Float, nullable=True),
+    Column("reason", String(2000), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_rollouts_state", "state"),
+)
+
+rollout_devices = Table(
+    "rollout_devices",
+    metadata,
+    Column("rollout_id", String(32), primary_key=True),
+    Column("device_id", String(128), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("wave", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("revision", BigInteger, nullable=True),  # desired revision the rollout wrote for it
+    Column("previous", Json, nullable=True),  # DesiredModel it had before (None: model gets removed on rollback)
+    Column("baseline", Json, nullable=True),  # {pipeline: p99_ms} from the last telemetry before the update
+    Column("started_at", Float, nullable=True),
+    Column("activated_at", Float, nullable=True),
+    Column("error", String(2000), nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Leases with expiry: the replica holding "rollouts" drives every rollout.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)

@@ -56,8 +56,9 @@ RUN python3.11 -m venv /opt/edgefleet/venv \
  && /opt/edgefleet/venv/bin/pip install --upgrade pip \
  && /opt/edgefleet/venv/bin/pip install . /wheels/tensorrt-*.whl \
  && if [ -n "${ORT_INDEX_URL}" ]; then \
-      /opt/edgefleet/venv/bin/pip uninstall -y onnxruntime \
-      && /opt/edgefleet/venv/bin/pip install --index-url "${ORT_INDEX_URL}" onnxruntime-gpu; \
+      /opt/edgefleet/venv/bin/pip install --index-url "${ORT_INDEX_URL}" onnxruntime-gpu; \
+    else \
+      /opt/edgefleet/venv/bin/pip install '.[cpu]'; \
     fi
 
 FROM ${L4T_IMAGE}

@@ -23,14 +23,12 @@ COPY protocols ./protocols
 COPY models ./models
 COPY edge_agent ./edge_agent
 COPY cloud_hub ./cloud_hub
-# The base dependency `onnxruntime` (CPU) and `onnxruntime-gpu` install the same `onnxruntime` Python
-# package; with both present the files of whichever came last win. Keep only the GPU build.
+# onnxruntime is not a base dependency: the `gpu` extra brings onnxruntime-gpu alone (the CPU build would
+# install the same `onnxruntime` Python package and shadow it).
 RUN python3 -m venv /opt/edgefleet/venv \
  && /opt/edgefleet/venv/bin/pip install --upgrade pip \
  && /opt/edgefleet/venv/bin/pip install '.[gpu]' \
- && ORT_GPU=$(/opt/edgefleet/venv/bin/pip show onnxruntime-gpu | sed -n 's/^Version: //p') \
- && /opt/edgefleet/venv/bin/pip uninstall -y onnxruntime onnxruntime-gpu \
- && /opt/edgefleet/venv/bin/pip install "onnxruntime-gpu==${ORT_GPU}"
+ && ! /opt/edgefleet/venv/bin/pip show onnxruntime >/dev/null 2>&1
 
 FROM ${CUDA_IMAGE}
 LABEL org.opencontainers.image.title="edgefleet edge agent (x86_64, CUDA)" \

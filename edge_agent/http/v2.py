@@ -70,9 +70,10 @@ async def infer(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     label = name
     try:
-        route = app[CORE_KEY].route(name, request.match_info.get("version"))
         header_length = _header_length(request.headers.get(HEADER_LENGTH))
         body = await request.read()
+        # Resolved after the last await before queueing, so a version switch never strands a request.
+        route = app[CORE_KEY].route(name, request.match_info.get("version"))
         raw = _raw_input(route.model) if header_length == 0 else None
         decoded = decode_request(body, header_length, raw_input=raw)
         priority, timeout_us = _scheduling(decoded.parameters)

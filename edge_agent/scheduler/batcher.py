@@ -106,6 +106,10 @@ class Batcher:
         """Rows waiting per queue (for the queue-depth gauge)."""
         return {key: q.rows for key, q in self._queues.items()}
 
+    def now(self) -> float:
+        """The batcher's monotonic clock (loop time unless injected)."""
+        return self._clock.time()
+
     @property
     def inflight(self) -> int:
         """Batches handed to the lane and not yet completed."""

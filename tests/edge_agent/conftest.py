@@ -85,6 +85,7 @@ class AgentProcess:
     proc: subprocess.Popen[str]
     url: str
     output: list[str]
+    reader: threading.Thread
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait; returns the exit code."""
@@ -93,6 +94,7 @@ class AgentProcess:
         try:
             return self.proc.wait(timeout)
         finally:
+            self.reader.join(5)
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
 
@@ -122,7 +124,8 @@ def start_agent(args: list[str], timeout: float = 60.0) -> AgentProcess:
                 ready.set()
         ready.set()
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     deadline = time.monotonic() + timeout
     while not ready.wait(0.1):
         if time.monotonic() > deadline:
@@ -130,8 +133,10 @@ def start_agent(args: list[str], timeout: float = 60.0) -> AgentProcess:
             raise AssertionError("agent did not become ready:\n" + "".join(output))
     if not found:
         proc.wait(5)
+        reader.join(5)
+        proc.stdout.close()
         raise AssertionError(f"agent exited with {proc.returncode}:\n" + "".join(output))
-    return AgentProcess(proc, found[0], output)
+    return AgentProcess(proc, found[0], output, reader)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -123,28 +124,22 @@ def test_serve_config_uses_the_store_and_restart_reads_the_pointer(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_bad_package_fails_start_with_a_message(tmp_path: Path) -> None:
-    agent_dir = tmp_path / "pkgs"
-    agent_dir.mkdir()
+def test_tampered_package_fails_start_with_a_message(tmp_path: Path) -> None:
+    bad = tmp_path / "pkgs" / "tiny-mlp" / "1"
+    shutil.copytree(PACKAGES_DIR / "tiny-mlp" / "1", bad)
+    with (bad / "model.onnx").open("r+b") as fh:
+        fh.seek(64)
+        fh.write(b"\x00\x01")
+    args = ["serve", "--standalone", "--model-dir", str(tmp_path / "pkgs"), "--trust", str(ZOO_PUBLIC_KEY_FILE)]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge_agent",
-            "serve",
-            "--standalone",
-            "--model-dir",
-            str(tmp_path / "none"),
-            "--no-verify",
-            "--port",
-            "0",
-        ],
+        [sys.executable, "-m", "edge_agent", *args, "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
-    assert "does not exist" in proc.stderr
+    assert "failed verification" in proc.stderr and "sha256" in proc.stderr
 
 
 def test_doctor_is_wired(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import zlib
 from typing import Any
@@ -12,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from conftest import Reference, sample, standalone_config
 
+from edge_agent.errors import Unavailable
 from edge_agent.http import CORE_KEY, STARTUP_KEY, make_app
 from protocols.binary import HEADER_LENGTH, decode_response, encode_request
 from protocols.pipeline import PipelineSpec
@@ -177,3 +179,27 @@ async def test_body_limit_is_configurable(aiohttp_client: Any) -> None:
     compressed = zlib.compress(b" " * 4096)
     resp = await client.post("/v2/models/tiny-mlp/infer", data=compressed, headers={"Content-Encoding": "deflate"})
     assert resp.status == 413
+
+
+async def test_switch_active_version_while_serving(client: Client) -> None:
+    app = client.server.app
+    core = app[CORE_KEY]
+    body, length = encode_request(inputs={"input": sample("tiny-cnn", 1)})
+    headers = {HEADER_LENGTH: str(length)}
+
+    async def call() -> str:
+        resp = await client.post("/v2/models/tiny-cnn/infer", data=body, headers=headers)
+        assert resp.status == 200
+        header, _ = decode_response(await resp.read(), int(resp.headers[HEADER_LENGTH]))
+        return str(header["model_version"])
+
+    first = [asyncio.ensure_future(call()) for _ in range(20)]
+    await asyncio.sleep(0)
+    core.activate("tiny-cnn", "1")
+    unloading = asyncio.ensure_future(core.unload("tiny-cnn", "2"))  # in-flight requests on 2 finish first
+    assert set(await asyncio.gather(*first)) <= {"1", "2"}
+    await unloading
+    assert await call() == "1"
+    assert (await client.get("/v2/models/tiny-cnn/versions/2")).status == 404
+    with pytest.raises(Unavailable):
+        await core.unload("tiny-cnn", "1")

@@ -141,12 +141,11 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("path", "body", "headers", "status", "text"), [r[1:] for r in BAD_REQUESTS], ids=[r[0] for r in BAD_REQUESTS]
-)
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[r[0] for r in BAD_REQUESTS])
 async def test_bad_input_gets_clear_error_and_server_keeps_serving(
-    agent: AgentProcess, path: str, body: bytes, headers: dict[str, str], status: int, text: str
+    agent: AgentProcess, case: tuple[str, str, bytes, dict[str, str], int, str]
 ) -> None:
+    _, path, body, headers, status, text = case
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{agent.url}/v2/models/{path}/infer", data=body, headers=headers) as resp:
             assert resp.status == status
@@ -202,3 +201,25 @@ async def test_500_concurrent_requests_from_64_clients_no_cross_talk(agent: Agen
         text = await resp.text()
     # Batching actually happened: some batch held more than one row.
     assert 'edgefleet_batch_size_rows_bucket{le="1.0",model="tiny-mlp:1"}' in text
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests_and_json_outputs(
+    agent: AgentProcess, reference: Reference, algorithm: str
+) -> None:
+    client = _triton(agent)
+    batch = sample("tiny-cnn", 3, seed=7)
+    tensor = httpclient.InferInput("input", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=False)
+    output = httpclient.InferRequestedOutput("scores", binary_data=False)
+    result = client.infer(
+        "tiny-cnn",
+        [tensor],
+        outputs=[output],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,  # the agent answers uncompressed; the client accepts that
+        timeout=5_000_000,
+        priority=1,
+    )
+    np.testing.assert_array_equal(result.as_numpy("scores"), reference("tiny-cnn", batch))
+    client.close()

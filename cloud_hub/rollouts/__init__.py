@@ -1,0 +1,1 @@
+"""Rollouts: per-device desired state, and the orchestrator that moves a model version through a fleet."""

@@ -1,0 +1,134 @@
+"""Observations for the rollout engine, read from the store (shared by replicas) and the live fleet view."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloud_hub.fleet.live import LiveFleet
+from cloud_hub.rollouts.engine import DeviceObservation
+from cloud_hub.rollouts.model import TOUCHED, Rollout, TargetDevice
+from cloud_hub.store import schema
+from protocols.messages import ReportedState
+
+_d = schema.devices.c
+_t = schema.telemetry.c
+BASELINE_WINDOW_S = 3600.0
+CHUNK = 500
+
+
+def _reported(raw: dict[str, Any] | None, live: ReportedState | None) -> ReportedState | None:
+    stored = ReportedState.model_validate(raw) if raw else None
+    if live is not None and (stored is None or live.revision >= stored.revision):
+        return live
+    return stored
+
+
+def model_phase(d: TargetDevice, reported: ReportedState | None, model: str, version: str) -> tuple[Any, ...]:
+    """(phase, error, progress) of `model` at `version` in a report for the device's revision or later."""
+    if reported is None or d.revision is None or reported.revision < d.revision:
+        return None, None, None
+    for m in reported.models:
+        if m.name != model:
+            continue
+        if m.state == "active" and (m.active_version or m.version) == version:
+            return "active", None, m.progress
+        if m.version == version:
+            return m.state, m.error, m.progress
+    return None, None, None
+
+
+async def _device_rows(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for i in range(0, len(ids), CHUNK):
+        query = select(_d.id, _d.online, _d.reported, _d.models).where(_d.id.in_(list(ids[i : i + CHUNK])))
+        rows.update({r["id"]: r for r in (await conn.execute(query)).mappings()})
+    return rows
+
+
+async def _telemetry(conn: AsyncConnection, ids: Sequence[str], since: float) -> list[Any]:
+    out: list[Any] = []
+    for i in range(0, len(ids), CHUNK):
+        query = (
+            select(_t.device_id, _t.received_at, _t.pipelines)
+            .where(_t.device_id.in_(list(ids[i : i + CHUNK])), _t.received_at > since)
+            .order_by(_t.received_at)
+        )
+        out.extend((await conn.execute(query)).mappings())
+    return out
+
+
+async def observe(conn: AsyncConnection, r: Rollout, live: LiveFleet | None) -> dict[str, DeviceObservation]:
+    """What the engine needs about every touched device."""
+    watched = [d for d in r.devices if d.status in TOUCHED]
+    if not watched:
+        return {}
+    rows = await _device_rows(conn, [d.device_id for d in watched])
+    spec = r.spec
+    gates = spec.max_p99_increase_pct is not None or spec.max_error_rate_pct is not None
+    active = {d.device_id: d for d in watched if d.status == "active" and d.activated_at is not None}
+    usage: dict[str, tuple[dict[str, list[float]], int, int]] = {}
+    if gates and active:
+        since = min(d.activated_at or 0.0 for d in active.values())
+        for row in await _telemetry(conn, list(active), since):
+            d = active[row["device_id"]]
+            if row["received_at"] <= (d.activated_at or 0.0):
+                continue
+            p99s, requests, errors = usage.setdefault(d.device_id, ({}, 0, 0))
+            for name, p in row["pipelines"].items():
+                if p.get("model") != spec.model or p.get("version") not in (None, spec.version):
+                    continue
+                if p.get("p99_ms") is not None:
+                    p99s.setdefault(name, []).append(float(p["p99_ms"]))
+                requests += sum(int(p.get(k) or 0) for k in ("local", "cloud", "rejected", "expired"))
+                errors += int(p.get("errors") or 0)
+            usage[d.device_id] = (p99s, requests, errors)
+    found: dict[str, DeviceObservation] = {}
+    for d in watched:
+        row = rows.get(d.device_id)
+        live_dev = live.get(d.device_id) if live is not None else None
+        reported = _reported(row["reported"] if row else None, live_dev.reported if live_dev else None)
+        online = bool(row["online"]) if row else False
+        if live_dev is not None and live_dev.online is not None:
+            online = live_dev.online
+        phase, error, progress = model_phase(d, reported, spec.model, spec.version)
+        p99s, requests, errors = usage.get(d.device_id, ({}, 0, 0))
+        found[d.device_id] = DeviceObservation(
+            online=online,
+            phase=phase,
+            error=error,
+            progress=progress,
+            p99_ms={k: statistics.median(v) for k, v in p99s.items() if v},
+            requests=requests,
+            errors=max(errors, 0),
+        )
+    return found
+
+
+async def baselines(conn: AsyncConnection, ids: Sequence[str], model: str, now: float) -> dict[str, dict[str, float]]:
+    """Per device, {pipeline: p99_ms} of `model` from its last report (within the last hour) before now."""
+    latest: dict[str, dict[str, float]] = {}
+    for row in await _telemetry(conn, ids, now - BASELINE_WINDOW_S):
+        p99s = {
+            name: float(p["p99_ms"])
+            for name, p in row["pipelines"].items()
+            if p.get("model") == model and p.get("p99_ms") is not None
+        }
+        if p99s:
+            latest[row["device_id"]] = p99s  # rows come oldest first: the last one wins
+    return latest
+
+
+async def installed_versions(conn: AsyncConnection, ids: Sequence[str], model: str) -> dict[str, str]:
+    """Per device, the active version of `model` it announced in its birth (for devices with no desired entry)."""
+    rows = await _device_rows(conn, ids)
+    found = {}
+    for device_id, row in rows.items():
+        for m in row["models"] or []:
+            if m.get("name") == model and m.get("active"):
+                found[device_id] = str(m["version"])
+    return found

@@ -1,0 +1,108 @@
+"""Operator operations on rollouts: create (resolve the selector, plan the waves), list, get, pause, resume, abort."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from cloud_hub.errors import Conflict, InvalidRequest, NotFound
+from cloud_hub.fleet.tokens import new_id
+from cloud_hub.registry.service import get_model
+from cloud_hub.rollouts import engine, observe
+from cloud_hub.rollouts import store as rstore
+from cloud_hub.rollouts.model import LIVE_STATES, Rollout, RolloutSpec, TargetDevice, plan_waves
+from cloud_hub.rollouts.orchestrator import Orchestrator
+from cloud_hub.store import devices
+
+
+class RolloutService:
+    """What the API calls; the orchestrator does the driving."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
+        self.store = orchestrator.store
+
+    async def create(self, spec: RolloutSpec) -> Rollout:
+        """Plan a rollout over the devices the selector matches now (revoked excluded), ordered by id."""
+        now = self.orchestrator.clock()
+        async with self.store.begin() as conn:
+            if await get_model(conn, spec.model, spec.version) is None:
+                raise NotFound(f"no model {spec.model!r} version {spec.version!r}: push it first")
+            busy = await rstore.ids(conn, LIVE_STATES, model=spec.model)
+            if busy:
+                raise Conflict(f"rollout {busy[0]} of {spec.model!r} is still live: let it finish, or abort it")
+            matched = [d.id for d in await devices.list_all(conn, spec.selector) if d.status == devices.ACTIVE]
+            if not matched:
+                raise InvalidRequest(f"selector {spec.selector} matches no active device")
+            waves = plan_waves(matched, spec.canary, spec.waves_pct)
+            targets: list[TargetDevice] = []
+            for wave, ids in enumerate(waves):
+                targets += [TargetDevice(i, len(targets) + n, wave, updated_at=now) for n, i in enumerate(ids)]
+            rollout = Rollout(
+                id=new_id("ro"),
+                spec=spec,
+                state="pending",
+                wave=0,
+                phase="updating",
+                phase_since=None,
+                reason=None,
+                created_at=now,
+                updated_at=now,
+                devices=tuple(targets),
+            )
+            await rstore.insert_rollout(conn, rollout)
+        self.orchestrator.wake()
+        return rollout
+
+    async def list(self) -> list[Rollout]:
+        """Every rollout, oldest first."""
+        async with self.store.begin() as conn:
+            found = [await rstore.load(conn, i) for i in await rstore.ids(conn)]
+        return [r for r in found if r is not None]
+
+    async def get(self, rollout_id: str) -> Rollout:
+        """One rollout; NotFound if absent."""
+        async with self.store.begin() as conn:
+            found = await rstore.load(conn, rollout_id)
+        if found is None:
+            raise NotFound(f"no rollout {rollout_id!r}")
+        return found
+
+    async def detail(self, rollout_id: str) -> dict[str, Any]:
+        """Summary, per-wave counts and per-device rows with live progress from reported state."""
+        async with self.store.begin() as conn:
+            r = await rstore.load(conn, rollout_id)
+            if r is None:
+                raise NotFound(f"no rollout {rollout_id!r}")
+            seen = await observe.observe(conn, r, self.orchestrator.live)
+        waves = []
+        for wave in range(r.waves):
+            counts: dict[str, int] = {}
+            for d in r.in_wave(wave):
+                counts[d.status] = counts.get(d.status, 0) + 1
+            waves.append({"wave": wave, "canary": wave == 0 and r.spec.canary > 0, "counts": counts})
+        rows = []
+        for d in r.devices:
+            o = seen.get(d.device_id)
+            rows.append(
+                {
+                    **d.to_json(),
+                    "online": o.online if o else None,
+                    "phase": o.phase if o else None,
+                    "progress": o.progress if o else None,
+                    "previous_version": (d.previous or {}).get("version"),
+                }
+            )
+        return {**r.summary(), "waves_detail": waves, "devices": rows}
+
+    async def pause(self, rollout_id: str) -> Rollout:
+        """Stop advancing."""
+        return await self.orchestrator.control(rollout_id, engine.pause)
+
+    async def resume(self, rollout_id: str) -> Rollout:
+        """Carry on."""
+        return await self.orchestrator.control(rollout_id, engine.resume)
+
+    async def abort(self, rollout_id: str, *, rollback: bool) -> Rollout:
+        """Stop for good, optionally reverting the touched devices."""
+        return await self.orchestrator.control(rollout_id, functools.partial(engine.abort, rollback=rollback))
