@@ -1,15 +1,26 @@
-"""Ingest benchmark: simulated devices -> real mosquitto -> (a) bare paho subscriber, (b) one hub on SQLite,
-(c) two hub replicas on PostgreSQL sharing the subscription.
+"""Ingest benchmark: simulated devices -> real mosquitto -> (a) a bare paho subscriber, (b) the hub's MQTT link
+alone, (c) one hub on SQLite, (d) two hub replicas on PostgreSQL sharing the subscription.
 
 Run: `python -m bench.ingest` (or `python -m bench`). Prints one line:
-`ingest: hub/raw=... hub_msgs_per_s=... raw_msgs_per_s=... replicas2/raw=... replicas2_msgs_per_s=...
-fleet_per_replica_at_10s=...`
+`ingest: hub/raw=... hub_msgs_per_s=... raw_msgs_per_s=... link/raw=... hub/link=... replicas2/raw=...
+replicas2_msgs_per_s=... fleet_per_hub_at_10s=... fleet_per_replica_at_10s=... rounds=N`
 
-Publishers are separate processes (a few paho clients publishing on behalf of many device ids, QoS 0, as
-fast as they can) so the consumer under test is the bottleneck; the broker is the rig's plain flavour
-(the mTLS ACL would confine each client to one device id). Each consumer runs in its own process and
-reports wall-clock times; a rate is messages / (last one handled - first one received). For the hub,
-"handled" means validated, applied to the in-memory state, and committed to the database.
+How a rate is measured, the same way for every consumer (each in its own process):
+1. The consumer connects and subscribes (`$share/edgefleet-hub/.../telemetry`, QoS 1 subscription; the
+   publishers send QoS 0), then drains a warm-up of one report per device (imports, caches, the first
+   DB transactions), which is not measured.
+2. The controller freezes it (SIGSTOP), publishes the measured load (DEVICES x per-device reports, from
+   separate publisher processes), lets the broker queue it, notes t0 and thaws it (SIGCONT).
+3. rate = measured messages / (last handled - t0). For the hub "handled" means validated, applied to the
+   in-memory state and committed to the database (the time of the commit, polled every 5 ms).
+So the consumer under test drains a backlog with only the broker beside it: publishers on this 2-core
+machine no longer share the CPU with it (when they did, a fast consumer was paced by the publishers and
+the ratio flattered a slow one). Rounds alternate raw / link / hub / replicas; the line gives medians and
+ratios of medians, stderr every round.
+
+The bench hub writes a devices-row update per report (`load_every_s=0`), as a hub does in production at a
+10 s report interval (its 2 s throttle only coalesces reports that come faster); without it, a device
+sending 60 reports in a burst would get 1 row update instead of 60.
 """
 
 from __future__ import annotations
@@ -18,6 +29,8 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,8 +78,8 @@ def report_template(device_id: str) -> str:
 # --- roles (each runs in its own process) ------------------------------------------------------------------
 
 
-def role_publish(port: int, first: int, count: int, per_device: int) -> None:
-    """Publish `per_device` reports for each of `count` device ids starting at `first`, QoS 0, flat out."""
+def role_publish(port: int, first: int, count: int, per_device: int, seq_first: int) -> None:
+    """Publish `per_device` reports (seq from `seq_first`) for each of `count` device ids from `first`, QoS 0."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -76,7 +89,7 @@ def role_publish(port: int, first: int, count: int, per_device: int) -> None:
     ids = device_ids(first + count)[first:]
     templates = {d: report_template(d).replace("999999999", "{seq}") for d in ids}
     topics = {d: f"{PREFIX}/devices/{d}/telemetry" for d in ids}
-    for seq in range(1, per_device + 1):
+    for seq in range(seq_first, seq_first + per_device):
         for d in ids:
             info = client.publish(topics[d], templates[d].replace("{seq}", str(seq)).encode(), qos=0)
             if info.rc != 0:
@@ -88,23 +101,26 @@ def role_publish(port: int, first: int, count: int, per_device: int) -> None:
     client.loop_stop()
 
 
-def role_raw(port: int, expect: int) -> None:
+SHARED_TELEMETRY = f"$share/edgefleet-hub/{PREFIX}/devices/+/telemetry"
+
+
+def role_raw(port: int, warm: int, expect: int) -> None:
     """A bare paho v5 subscriber on the same shared subscription: counts messages, nothing else."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    state = {"n": 0, "first": 0.0, "last": 0.0}
+    state = {"n": 0, "last": 0.0}
 
     def on_message(client: mqtt.Client, _u: Any, _m: mqtt.MQTTMessage) -> None:
-        if state["n"] == 0:
-            state["first"] = time.time()
         state["n"] += 1
+        if state["n"] == warm:
+            print("warm", flush=True)
         if state["n"] >= expect:
             state["last"] = time.time()
             client.disconnect()
 
     def on_connect(client: mqtt.Client, *_a: Any) -> None:
-        client.subscribe(f"$share/edgefleet-hub/{PREFIX}/devices/+/telemetry", qos=1)
+        client.subscribe(SHARED_TELEMETRY, qos=1)
 
     def on_subscribe(*_a: Any) -> None:
         print("ready", flush=True)
@@ -113,7 +129,30 @@ def role_raw(port: int, expect: int) -> None:
     client.on_message, client.on_connect, client.on_subscribe = on_message, on_connect, on_subscribe
     client.connect("127.0.0.1", port, 60)
     client.loop_forever()
-    print(json.dumps({"count": state["n"], "first": state["first"], "last": state["last"]}), flush=True)
+    print(json.dumps({"count": state["n"], "last": state["last"]}), flush=True)
+
+
+async def _role_link(port: int, warm: int, expect: int) -> None:
+    """The hub's own MQTT link (cloud_hub.ingest.mqtt) with a handler that only counts: its receive ceiling."""
+    from cloud_hub.ingest.mqtt import BrokerUrl, MqttLink
+
+    state = {"n": 0, "last": 0.0}
+    done = asyncio.Event()
+
+    def on_message(_topic: str, _payload: bytes) -> None:
+        state["n"] += 1
+        if state["n"] == warm:
+            print("warm", flush=True)
+        if state["n"] >= expect and not done.is_set():
+            state["last"] = time.time()
+            done.set()
+
+    url = BrokerUrl("127.0.0.1", port, tls=False)
+    async with MqttLink(url, subscriptions=[(SHARED_TELEMETRY, 1)], on_message=on_message) as link:
+        await link.wait_connected(10)
+        print("ready", flush=True)
+        await done.wait()
+    print(json.dumps({"count": state["n"], "last": state["last"]}), flush=True)
 
 
 async def _prepare_db(url: str, n: int) -> None:
@@ -130,7 +169,8 @@ async def _prepare_db(url: str, n: int) -> None:
         await conn.execute(schema.devices.insert(), rows)
 
 
-async def _role_hub(port: int, data_dir: str, db_url: str, expect: int, idle_s: float) -> None:
+async def _role_hub(port: int, data_dir: str, db_url: str, warm: int, expect: int) -> None:
+    """One hub replica; `expect` 0 means "until 1 s without new messages" (replicas do not know their share)."""
     import logging
 
     from cloud_hub.config import HubConfig
@@ -140,28 +180,38 @@ async def _role_hub(port: int, data_dir: str, db_url: str, expect: int, idle_s: 
     config = HubConfig(data_dir=Path(data_dir), database_url=db_url, brokers=(f"mqtt://127.0.0.1:{port}",))
     async with Hub(config) as hub:
         assert hub.ingest is not None
+        hub.ingest.writer.load_every_s = 0.0  # one devices-row update per report, as at a 10 s interval
         await hub.ingest.wait_connected(10)
         print("ready", flush=True)
-        accepted = hub.metrics.accepted["telemetry"]
-        first = 0.0
-        last_change, last_n = time.time(), 0.0
+        accepted, rows = hub.metrics.accepted["telemetry"], hub.metrics.db_rows
+        warmed = False
+        last_n, last_rows, last_change, last_commit = 0.0, 0.0, time.time(), 0.0
+        now = time.time()
         while True:
-            await asyncio.sleep(0.02)
-            n = accepted._value.get()
-            if n and not first:
-                first = time.time()  # within 20 ms of the first message
-            if n != last_n:
-                last_change, last_n = time.time(), n
-            if (expect and n >= expect) or (n and time.time() - last_change > idle_s):
+            await asyncio.sleep(0.005)
+            before, now = now, time.time()
+            if now - before > 0.5:
+                last_change = now  # we were frozen (SIGSTOP): idle time counts from the thaw
+            n, r = accepted._value.get(), rows._value.get()
+            if not warmed and n >= warm:
+                await hub.ingest.writer.drain()
+                warmed = True
+                print("warm", flush=True)
+                continue
+            if n != last_n or r != last_rows:
+                last_n, last_change = n, now
+            if r != last_rows:
+                last_rows, last_commit = r, now
+            if (expect and n >= expect) or (not expect and warmed and now - last_change > 1.0):
                 break
         await hub.ingest.writer.drain()
-        done = time.time()
+        if rows._value.get() != last_rows or expect:
+            last_commit = time.time()
         result = {
-            "count": n,
-            "first": first,
-            "last": done,
+            "count": accepted._value.get(),
+            "last": last_commit,
             "dropped": {r: c._value.get() for r, c in hub.metrics.drops.items() if c._value.get()},
-            "rows": hub.metrics.db_rows._value.get(),
+            "rows": rows._value.get(),
         }
     print(json.dumps(result), flush=True)
 
@@ -173,11 +223,12 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "bench.ingest", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
 
-def _wait_ready(proc: subprocess.Popen[str]) -> None:
+def _expect_line(proc: subprocess.Popen[str], want: str) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    if line.strip() != "ready":
-        raise SystemExit(f"consumer did not start: {line!r}")
+    if line.strip() != want:
+        proc.kill()
+        raise SystemExit(f"consumer said {line!r}, expected {want!r}")
 
 
 def _result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
@@ -185,25 +236,44 @@ def _result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def _publish(port: int, per_device: int, publishers: int) -> None:
+def _publish(port: int, per_device: int, seq_first: int, publishers: int) -> None:
     share = DEVICES // publishers
     procs = [_spawn("--role", "pub", "--port", str(port), "--first", str(i * share), "--count", str(share),
-                    "--per-device", str(per_device)) for i in range(publishers)]  # fmt: skip
+                    "--per-device", str(per_device), "--seq-first", str(seq_first))
+             for i in range(publishers)]  # fmt: skip
     for p in procs:
         if p.wait(timeout=120) != 0:
             raise SystemExit("a publisher failed")
 
 
-def _phase(port: int, consumers: list[subprocess.Popen[str]], per_device: int, publishers: int) -> list[dict[str, Any]]:
+def _drain(port: int, consumers: list[subprocess.Popen[str]], per_device: int, publishers: int) -> float:
+    """Warm the consumers up, freeze them, queue the load at the broker, thaw them: the drain rate (msgs/s)."""
     for c in consumers:
-        _wait_ready(c)
-    _publish(port, per_device, publishers)
-    return [_result(c, timeout=120) for c in consumers]
-
-
-def _rate(results: list[dict[str, Any]]) -> float:
-    count = sum(r["count"] for r in results)
-    return count / (max(r["last"] for r in results) - min(r["first"] for r in results))
+        _expect_line(c, "ready")
+    _publish(port, 1, 1, publishers)
+    for c in consumers:
+        _expect_line(c, "warm")
+    time.sleep(0.5)  # replicas: their last warm-up messages and writes
+    for c in consumers:
+        os.kill(c.pid, signal.SIGSTOP)
+    try:
+        _publish(port, per_device, 2, publishers)
+        time.sleep(0.5)  # the broker routes the tail of it into the consumers' queues
+    finally:
+        t0 = time.time()
+        for c in consumers:
+            os.kill(c.pid, signal.SIGCONT)
+    results = [_result(c, timeout=300) for c in consumers]
+    measured = sum(r["count"] for r in results) - DEVICES
+    expect = DEVICES * per_device
+    if measured < expect:
+        print(f"# {measured}/{expect} messages arrived (broker dropped the rest)", file=sys.stderr)
+    for r in results:
+        if r.get("dropped"):
+            print(f"# dropped {r['dropped']}", file=sys.stderr)
+    if len(results) > 1:
+        print(f"# replicas split: {[r['count'] for r in results]}", file=sys.stderr)
+    return measured / (max(r["last"] for r in results) - t0)
 
 
 def _pg_database(action: str, name: str) -> None:
@@ -224,80 +294,94 @@ def _pg_database(action: str, name: str) -> None:
     asyncio.run(run())
 
 
-def main_controller(per_device: int, publishers: int) -> str:
+def main_controller(per_device: int, publishers: int, rounds: int, replicas: bool) -> str:
     sys.path.insert(0, str(ROOT / "tests"))
     from rig import Mosquitto
     from sqlalchemy.engine import make_url
 
-    expect = DEVICES * per_device
+    port_args = ["--warm", str(DEVICES), "--expect", str(DEVICES * (per_device + 1))]
+    rates: dict[str, list[float]] = {"raw": [], "link": [], "hub": [], "replicas2": []}
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-ingest-") as tmp:
         broker = Mosquitto(
             "plain", Path(tmp) / "broker", verbose_log=False,
             extra_config=["max_queued_messages 0", "max_queued_bytes 0"],
         )  # fmt: skip
         with broker:
-            raw = _phase(broker.port, [_spawn("--role", "raw", "--port", str(broker.port), "--expect", str(expect))],
-                         per_device, publishers)  # fmt: skip
-            sqlite_url = f"sqlite:///{tmp}/hub.db"
-            asyncio.run(_prepare_db(sqlite_url, DEVICES))
-            single = _spawn("--role", "hub", "--port", str(broker.port), "--data-dir", f"{tmp}/hub",
-                            "--db", sqlite_url, "--expect", str(expect))  # fmt: skip
-            hub = _phase(broker.port, [single], per_device, publishers)
-            pg_name = f"edgefleet_bench_{os.getpid()}"
-            _pg_database("create", pg_name)
-            try:
-                pg_url = make_url(PG_URL).set(database=pg_name).render_as_string(hide_password=False)
-                asyncio.run(_prepare_db(pg_url, DEVICES))
-                replicas = [_spawn("--role", "hub", "--port", str(broker.port), "--data-dir", f"{tmp}/hub",
-                                   "--db", pg_url, "--expect", "0") for _ in range(2)]  # fmt: skip
-                reps = _phase(broker.port, replicas, per_device, publishers)
-            finally:
-                _pg_database("drop", pg_name)
-    raw_rate, hub_rate, rep_rate = _rate(raw), _rate(hub), _rate(reps)
-    for name, res in (("raw", raw), ("hub", hub), ("replicas", reps)):
-        got = sum(r["count"] for r in res)
-        if got < expect:
-            print(f"# {name}: {got}/{expect} messages arrived (broker dropped the rest)", file=sys.stderr)
-        for r in res:
-            if r.get("dropped"):
-                print(f"# {name}: dropped {r['dropped']}", file=sys.stderr)
-    print(f"# replicas split: {[r['count'] for r in reps]}", file=sys.stderr)
-    return (
-        f"ingest: hub/raw={hub_rate / raw_rate:.2f} hub_msgs_per_s={hub_rate:.0f} raw_msgs_per_s={raw_rate:.0f} "
-        f"replicas2/raw={rep_rate / raw_rate:.2f} replicas2_msgs_per_s={rep_rate:.0f} "
-        f"fleet_per_replica_at_10s={hub_rate * 10:.0f}"
+            port = ["--port", str(broker.port)]
+            for i in range(rounds):
+                rates["raw"].append(_drain(broker.port, [_spawn("--role", "raw", *port, *port_args)], per_device,
+                                           publishers))  # fmt: skip
+                rates["link"].append(_drain(broker.port, [_spawn("--role", "link", *port, *port_args)], per_device,
+                                            publishers))  # fmt: skip
+                sqlite_url = f"sqlite:///{tmp}/hub{i}.db"
+                asyncio.run(_prepare_db(sqlite_url, DEVICES))
+                hub = _spawn("--role", "hub", *port, "--data-dir", f"{tmp}/hub", "--db", sqlite_url, *port_args)
+                rates["hub"].append(_drain(broker.port, [hub], per_device, publishers))
+                if replicas:
+                    pg_name = f"edgefleet_bench_{os.getpid()}_{i}"
+                    _pg_database("create", pg_name)
+                    try:
+                        pg_url = make_url(PG_URL).set(database=pg_name).render_as_string(hide_password=False)
+                        asyncio.run(_prepare_db(pg_url, DEVICES))
+                        procs = [_spawn("--role", "hub", *port, "--data-dir", f"{tmp}/hub", "--db", pg_url,
+                                        "--warm", "1", "--expect", "0") for _ in range(2)]  # fmt: skip
+                        rates["replicas2"].append(_drain(broker.port, procs, per_device, publishers))
+                    finally:
+                        _pg_database("drop", pg_name)
+                shown = " ".join(f"{k}={v[-1]:.0f}" for k, v in rates.items() if v)
+                print(f"# round {i + 1}: msgs/s {shown}", file=sys.stderr, flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items() if v}
+    spread = {k: f"{min(v):.0f}-{max(v):.0f}" for k, v in rates.items() if v}
+    print(f"# ranges msgs/s: {spread}", file=sys.stderr)
+    raw, hub = med["raw"], med["hub"]
+    line = (
+        f"ingest: hub/raw={hub / raw:.2f} hub_msgs_per_s={hub:.0f} raw_msgs_per_s={raw:.0f} "
+        f"link/raw={med['link'] / raw:.2f} hub/link={hub / med['link']:.2f}"
     )
+    if "replicas2" in med:
+        rep = med["replicas2"]
+        line += f" replicas2/raw={rep / raw:.2f} replicas2_msgs_per_s={rep:.0f}"
+    line += f" fleet_per_hub_at_10s={hub * 10:.0f}"
+    if "replicas2" in med:
+        line += f" fleet_per_replica_at_10s={med['replicas2'] / 2 * 10:.0f}"
+    return line + f" rounds={rounds}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.ingest")
-    parser.add_argument("--role", choices=["controller", "pub", "raw", "hub"], default="controller")
+    parser.add_argument("--role", choices=["controller", "pub", "raw", "link", "hub"], default="controller")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--per-device", type=int, default=int(os.environ.get("BENCH_INGEST_PER_DEVICE", "60")))
+    parser.add_argument("--seq-first", type=int, default=1)
     parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_INGEST_ROUNDS", "3")))
+    parser.add_argument("--no-replicas", action="store_true", help="skip the PostgreSQL replicas")
+    parser.add_argument("--warm", type=int, default=0)
     parser.add_argument("--expect", type=int, default=0)
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--db", default="")
     args = parser.parse_args(argv)
     if args.role == "pub":
-        role_publish(args.port, args.first, args.count, args.per_device)
+        role_publish(args.port, args.first, args.count, args.per_device, args.seq_first)
     elif args.role == "raw":
-        role_raw(args.port, args.expect)
+        role_raw(args.port, args.warm, args.expect)
+    elif args.role == "link":
+        asyncio.run(_role_link(args.port, args.warm, args.expect))
     elif args.role == "hub":
+        run = "asyncio.run(_role_hub(args.port, args.data_dir, args.db, args.warm, args.expect))"
         if os.environ.get("BENCH_INGEST_PROFILE"):
             import cProfile
 
             cProfile.runctx(
-                "asyncio.run(_role_hub(args.port, args.data_dir, args.db, args.expect, idle_s=2.0))",
-                globals(), {"args": args, "asyncio": asyncio, "_role_hub": _role_hub},
+                run, globals(), {"args": args, "asyncio": asyncio, "_role_hub": _role_hub},
                 os.environ["BENCH_INGEST_PROFILE"] + f".{os.getpid()}",
             )  # fmt: skip
         else:
-            asyncio.run(_role_hub(args.port, args.data_dir, args.db, args.expect, idle_s=2.0))
+            asyncio.run(_role_hub(args.port, args.data_dir, args.db, args.warm, args.expect))
     else:
-        print(main_controller(args.per_device, args.publishers), flush=True)
+        print(main_controller(args.per_device, args.publishers, args.rounds, not args.no_replicas), flush=True)
     return 0
 
 

@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.config import FleetConfig
 from models.runtimes.config import OnnxRuntimeConfig, RuntimeConfig
 from protocols.common import Name
+from protocols.messages import PoolEndpoint
 from protocols.pipeline import PipelineSpec
 
-__all__ = ["AgentConfig", "BatchingConfig", "HttpConfig", "ModelBatching", "PipelineSpec", "load_config"]
+__all__ = [
+    "AgentConfig",
+    "BatchingConfig",
+    "BreakerConfig",
+    "ClassLimits",
+    "HttpConfig",
+    "ModelBatching",
+    "OffloadConfig",
+    "PipelineSpec",
+    "PoolEndpoint",
+    "SchedulerConfig",
+    "load_config",
+]
 
 MiB = 1 << 20
 # Measured with bench/serving.py: waiting for a batch to grow while the runtime is idle only adds latency
@@ -67,6 +91,67 @@ class BatchingConfig(_Config):
     models: dict[Name, ModelBatching] = Field(default_factory=dict, description="Per-model overrides by model name.")
 
 
+class ClassLimits(_Config):
+    """Most requests that may wait in the accelerator's queues per priority class (across models)."""
+
+    safety: NonNegativeInt = Field(default=64, description="Queued safety requests; more are answered 503.")
+    standard: NonNegativeInt = Field(default=256, description="Queued standard requests; more overflow or get 503.")
+    best_effort: NonNegativeInt = Field(
+        default=512, description="Queued best-effort requests; more overflow or get 503 (0 = never queue locally)."
+    )
+
+
+class SchedulerConfig(_Config):
+    """Priority scheduling, admission control and the safety bound (see docs/scheduling.md)."""
+
+    queue_limits: ClassLimits = Field(default_factory=ClassLimits, description="Bounded queues per priority class.")
+    safety_lane: Literal["dedicated", "shared"] = Field(
+        default="dedicated",
+        description=(
+            "dedicated: safety-class batches run on an execution lane of their own, so they never queue behind "
+            "other work; shared: one lane, lower-class batches capped and never pre-handed while safety is active."
+        ),
+    )
+    safety_max_wait_ms: PositiveFloat = Field(
+        default=2.0,
+        description="shared lane: cap on the estimated duration of a lower-class batch while safety traffic is active.",
+    )
+    safety_window_ms: PositiveFloat = Field(
+        default=1000.0, description="shared lane: safety traffic counts as active for this long after a safety request."
+    )
+    admission_margin_ms: NonNegativeFloat = Field(
+        default=2.0, description="Slack added to the completion estimate for HTTP and event-loop time."
+    )
+    ewma_alpha: float = Field(
+        default=0.2, gt=0.0, le=1.0, description="Weight of a new batch duration in the service-time estimate."
+    )
+
+
+class BreakerConfig(_Config):
+    """Circuit breaker of each cloud pool."""
+
+    consecutive_failures: PositiveInt = Field(default=5, description="Open after this many failures in a row.")
+    error_rate: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="Also open when this share of the recent window failed."
+    )
+    window: PositiveInt = Field(default=20, description="Requests in the error-rate window.")
+    min_requests: PositiveInt = Field(default=10, description="Error rate is judged only after this many requests.")
+    open_s: PositiveFloat = Field(default=2.0, description="Cool-down before an open breaker may probe again.")
+    half_open_probes: PositiveInt = Field(default=2, description="Requests let through at once while half-open.")
+
+
+class OffloadConfig(_Config):
+    """Overflow offload to cloud GPU pools over V2 HTTP."""
+
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Per-pool circuit breaker.")
+    probe_interval_s: PositiveFloat = Field(
+        default=0.5, description="How often open pools are probed with GET /v2/health/ready after their cool-down."
+    )
+    connect_timeout_s: PositiveFloat = Field(default=1.0, description="TCP connect timeout to a pool.")
+    max_outstanding: PositiveInt = Field(default=64, description="Most requests in flight to one pool.")
+    max_connections: PositiveInt = Field(default=64, description="Keep-alive connections per pool.")
+
+
 class AgentConfig(_Config):
     """Everything `edge-agent serve` needs; fleet sections (MQTT, provisioning) are added by their owners."""
 
@@ -107,6 +192,14 @@ class AgentConfig(_Config):
     fleet: FleetConfig | None = Field(
         default=None, description="Fleet link (MQTT to the hub, telemetry); absent = no link. Ignored if standalone."
     )
+    scheduler: SchedulerConfig = Field(
+        default_factory=SchedulerConfig, description="Priority scheduling, admission control and the safety bound."
+    )
+    pools: list[PoolEndpoint] = Field(
+        default_factory=list,
+        description="Cloud GPU pools for overflow ([[pools]] name, url, models); ignored if standalone.",
+    )
+    offload: OffloadConfig = Field(default_factory=OffloadConfig, description="Offload client and circuit breaker.")
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:
@@ -120,6 +213,9 @@ class AgentConfig(_Config):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate pipeline names: {dupes}")
+        pools = [p.name for p in self.pools]
+        if len(set(pools)) != len(pools):
+            raise ValueError(f"duplicate pool names: {sorted({n for n in pools if pools.count(n) > 1})}")
         return self
 
 

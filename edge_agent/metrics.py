@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -12,6 +13,8 @@ __all__ = ["Metrics"]
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ROUTES = ("local", "cloud", "rejected", "expired")
+BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
 class _StateCollector(Collector):
@@ -70,6 +73,27 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        # The deploy/ Grafana dashboard reads edgefleet_routes_total{model, route}: keep the names.
+        self.routes = Counter(
+            "edgefleet_routes",
+            "Requests by V2 model name and where they went: local, cloud, rejected (503 at admission), expired.",
+            ["model", "route"],
+            registry=self.registry,
+        )
+        self.pool_state = Gauge(
+            "edgefleet_pool_breaker_state",
+            "Circuit breaker state of a cloud pool: 0 closed, 1 half-open, 2 open.",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.pool_latency = Histogram(
+            "edgefleet_pool_latency_seconds",
+            "Round trip of requests answered by a cloud pool.",
+            ["pool"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._route_children: dict[tuple[str, str], Counter] = {}
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
         self._batch_children: dict[str, tuple[Histogram, Histogram]] = {}
@@ -100,3 +124,24 @@ class Metrics:
             children = self._batch_children[model] = (self.batch_size.labels(model), self.inference.labels(model))
         children[0].observe(rows)
         children[1].observe(seconds)
+
+    def observe_route(self, model: str, route: str) -> None:
+        """Count one request by where it went (local, cloud, rejected, expired)."""
+        child = self._route_children.get((model, route))
+        if child is None:
+            child = self._route_children[(model, route)] = self.routes.labels(model, route)
+        child.inc()
+
+    def set_pool_state(self, pool: str, state: str) -> None:
+        """Export a pool's circuit breaker state."""
+        self.pool_state.labels(pool).set(BREAKER_STATES[state])
+
+    def observe_pool_latency(self, pool: str, seconds: float) -> None:
+        """Record one round trip answered by a pool."""
+        self.pool_latency.labels(pool).observe(seconds)
+
+    def forget_pool(self, pool: str) -> None:
+        """Drop the series of a pool that was removed."""
+        for metric in (self.pool_state, self.pool_latency):
+            with contextlib.suppress(KeyError):
+                metric.remove(pool)

@@ -63,12 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id")
         _client_flags(p)
 
+    from cloud_hub.cli import models as models_cli
+    from cloud_hub.cli import rollouts as rollouts_cli
+
+    models_cli.add_parser(sub, _client_flags)
+    rollouts_cli.add_parser(sub, _client_flags)
+
     pki = sub.add_parser("pki", help="local CA operations (on the hub host)").add_subparsers(
         dest="action", required=True
     )
     broker = pki.add_parser("broker-cert", help="issue the broker's TLS server certificate from the hub CA")
     broker.add_argument("--name", action="append", required=True, help="DNS name or IP of the broker (repeatable)")
     broker.add_argument("--out", type=Path, required=True, help="folder for broker.pem, broker.key, edgefleet-ca.pem")
+
+    from cloud_hub.demo.cli import add_parser as add_demo_parser
+
+    add_demo_parser(sub)
     return parser
 
 
@@ -85,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cloud_hub.cli.serve import run_serve
 
             return run_serve(args)
+        if args.command == "demo":
+            from cloud_hub.demo.run import run_demo
+
+            return run_demo(args)
         from cloud_hub.cli.commands import run_command
 
         return run_command(args)

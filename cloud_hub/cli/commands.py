@@ -45,6 +45,12 @@ def run_command(args: argparse.Namespace) -> int:
     console = Console()
     if args.command == "claims":
         return _claims(args, client, console)
+    if args.command in ("models", "rollouts"):
+        from cloud_hub.cli import models, rollouts
+
+        if args.command == "models":
+            return models.run(args, client, console)
+        return rollouts.run(args, client, console)
     return _devices(args, client, console)
 
 

@@ -24,6 +24,8 @@ from protocols.topics import Topics
 log = logging.getLogger(__name__)
 
 MAX_CACHED_TOPICS = 1_000_000
+# LoadReport.model_validate_json without the classmethod hop: the same validator, called per report.
+_validate_report = LoadReport.__pydantic_validator__.validate_json
 
 
 class Dropped(Exception):
@@ -122,26 +124,19 @@ class Dispatcher:
 
     def _telemetry(self, device_id: str, live: LiveDevice, payload: bytes) -> None:
         try:
-            report = LoadReport.model_validate_json(payload)
+            report: LoadReport = _validate_report(payload)
         except ValidationError as exc:
             raise Dropped("malformed", f"invalid load report: {exc.error_count()} errors") from exc
-        self._check_id(device_id, report.device_id)
-        if live.boot_id == report.boot_id and live.last_seq is not None and report.seq <= live.last_seq:
+        if device_id != report.device_id:
+            self._check_id(device_id, report.device_id)
+        boot_id, seq = report.boot_id, report.seq
+        if live.boot_id == boot_id and live.last_seq is not None and seq <= live.last_seq:
             self.metrics.duplicates.inc()
             return
         now = self.clock()
-        live.boot_id, live.last_seq, live.last_seen, live.load = report.boot_id, report.seq, now, report
+        live.boot_id, live.last_seq, live.last_seen, live.load = boot_id, seq, now, report
         summary = pipeline_summary(report)
-        self.writer.add_report(
-            {
-                "device_id": device_id,
-                "boot_id": report.boot_id,
-                "seq": report.seq,
-                "sent_at": report.sent_at,
-                "received_at": now,
-                "pipelines": summary,
-            }
-        )
+        self.writer.add_report((device_id, boot_id, seq, report.sent_at, now, summary))
         self.writer.note_load(device_id, report, now, summary)
         self.fleet.notify("telemetry", device_id, report)
 

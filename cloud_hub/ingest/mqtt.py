@@ -4,9 +4,9 @@ paho's socket callbacks register the socket with the loop (`add_reader` -> `loop
 `loop_write`) and a 1 s task calls `loop_misc` for keepalive, as in paho's asyncio example and Home
 Assistant's MQTT client. Measured in bench/ingest.py against `loop_start()`: messages are handled on the
 loop thread with no thread hop and no GIL hand-off per message. The client is `LeanClient`
-(paho_client.py): buffered reads and a direct (topic, payload) path for plain publishes. SUBACK/PUBACK are awaited with one Future
-per message id, removed in `finally`; every (re)connect resubscribes; an authentication failure stops
-retrying; other failures reconnect with jittered exponential backoff.
+(paho_client.py): buffered reads and a direct (topic, payload) path for plain publishes. SUBACK/PUBACK
+are awaited with one Future per message id, removed in `finally`; every (re)connect resubscribes; an
+authentication failure stops retrying; other failures reconnect with jittered exponential backoff.
 """
 
 from __future__ import annotations

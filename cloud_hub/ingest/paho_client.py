@@ -18,7 +18,6 @@ that the installed paho still calls them; if a paho release stops doing so, the 
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +39,7 @@ class LeanClient(mqtt.Client):
         self.fast_publishes = 0  # how many took the lean path (tests, debugging)
         self._rbuf = b""
         self._rpos = 0
-        self._rsock: socket.socket | ssl.SSLSocket | None = None
+        self._rsock: mqtt.SocketLike | None = None
 
     def buffered(self) -> bool:
         """True while received bytes of the current socket wait in the read buffer."""
@@ -74,7 +73,7 @@ class LeanClient(mqtt.Client):
 
     def _handle_publish(self) -> MQTTErrorCode:
         header: int = self._in_packet["command"]
-        packet: bytes = self._in_packet["packet"]
+        packet = self._in_packet["packet"]  # a bytearray
         qos = (header & 0x06) >> 1
         if qos == 2 or self._protocol != MQTTProtocolVersion.MQTTv5 or len(packet) < 3:
             return super()._handle_publish()
@@ -88,7 +87,7 @@ class LeanClient(mqtt.Client):
         except UnicodeDecodeError:
             return super()._handle_publish()
         self.fast_publishes += 1
-        self.on_fast_publish(topic, packet[props_at + 1 :])
+        self.on_fast_publish(topic, bytes(memoryview(packet)[props_at + 1 :]))
         if qos == 1 and not self._manual_ack:
             return self._send_puback((packet[topic_end] << 8) | packet[topic_end + 1])
         return MQTTErrorCode.MQTT_ERR_SUCCESS

@@ -7,11 +7,16 @@ import logging
 import time
 from typing import Any
 
+import pydantic_core
+
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.store import Store, devices, telemetry
 from protocols.messages import LoadReport
 
 log = logging.getLogger(__name__)
+
+# (device_id, boot_id, seq, sent_at, received_at, pipeline summary): one telemetry row before encoding.
+ReportRow = tuple[str, str, int, float, float, dict[str, Any]]
 
 
 class BatchWriter:
@@ -41,7 +46,7 @@ class BatchWriter:
         self.retention_s = retention_s
         self.prune_every_s = prune_every_s
         self.load_every_s = load_every_s
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[ReportRow] = []
         self._updates: dict[str, dict[str, Any]] = {}
         # Latest report per device: turned into a devices-row update at most every `load_every_s`
         # (history is in the telemetry rows; the row only needs the newest figures).
@@ -54,7 +59,7 @@ class BatchWriter:
 
     # --- producers (sync, hot path) -----------------------------------------------------------------
 
-    def add_report(self, row: dict[str, Any]) -> None:
+    def add_report(self, row: ReportRow) -> None:
         """Queue one telemetry row."""
         if len(self._rows) >= self.max_pending_rows:
             self.metrics.drops["backlog"].inc()
@@ -82,28 +87,33 @@ class BatchWriter:
         """Rows and device updates not yet written."""
         return len(self._rows) + len(self._updates) + len(self._loads)
 
-    def _take_loads(self, force: bool) -> None:
+    def _take_loads(self, force: bool) -> list[devices.EncodedLoad]:
         now = time.monotonic()
         if not self._loads or (not force and now < self._next_loads):
-            return
+            return []
         self._next_loads = now + self.load_every_s
         loads, self._loads = self._loads, {}
-        for device_id, (report, received_at, summary) in loads.items():
-            values = {
-                "last_seen": received_at,
-                "boot_id": report.boot_id,
-                "last_seq": report.seq,
-                "last_load": {
-                    "sent_at": report.sent_at,
-                    "interval_s": report.interval_s,
-                    "device": report.device.model_dump(mode="json"),
-                    "pipelines": summary,
-                },
-                "models": [m.model_dump(mode="json") for m in report.models],
-            }
-            pending = self._updates.get(device_id)
-            # A state update queued after this report (e.g. offline) keeps its own values.
-            self._updates[device_id] = values if pending is None else {**values, **pending}
+        to_json = pydantic_core.to_json
+        # Encoded here in one pass (pydantic-core serialises the frozen models directly); a state update
+        # queued for the same device is written after these rows, so its values win, as they did when merged.
+        return [
+            (
+                received_at,
+                report.boot_id,
+                report.seq,
+                to_json(
+                    {
+                        "sent_at": report.sent_at,
+                        "interval_s": report.interval_s,
+                        "device": report.device,
+                        "pipelines": summary,
+                    }
+                ).decode(),
+                to_json(report.models).decode(),
+                device_id,
+            )
+            for device_id, (report, received_at, summary) in loads.items()
+        ]
 
     # --- the owned background task ---------------------------------------------------------------------
 
@@ -132,17 +142,20 @@ class BatchWriter:
 
     async def flush(self, *, force: bool = False) -> None:
         """Write everything buffered now in one transaction (device load figures only when due or forced)."""
-        self._take_loads(force)
+        loads = self._take_loads(force)
         rows, updates = self._rows, self._updates
         self._rows, self._updates = [], {}
         self._has_data.clear()
         self._full.clear()
-        if not rows and not updates:
+        if not rows and not updates and not loads:
             return
         self._idle.clear()
         try:
+            to_json = pydantic_core.to_json
+            encoded = [(d, b, seq, sent, recv, to_json(p).decode()) for d, b, seq, sent, recv, p in rows]
             async with self.store.begin() as conn:
-                await telemetry.insert_many(conn, rows)
+                await telemetry.insert_rows(conn, encoded)
+                await devices.apply_loads(conn, loads)
                 await devices.apply_updates(conn, updates)
         except Exception:
             # The DB may be away for a moment; losing a batch of telemetry beats stalling ingest.

@@ -142,8 +142,12 @@ async def authorize_download(request: web.Request, hub: Hub) -> str:
     return device_id
 
 
+class RangeNotSatisfiable(Exception):
+    """The Range header asks for bytes the file does not have (answered 416 by the handler)."""
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(first, last) byte of a single `bytes=` range, None to send everything; HTTPRequestRangeNotSatisfiable."""
+    """(first, last) byte of a single `bytes=` range, None to send everything; RangeNotSatisfiable."""
     if not header:
         return None
     m = _RANGE.fullmatch(header.strip())
@@ -164,12 +168,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _unsatisfiable(size: int) -> web.HTTPRequestRangeNotSatisfiable:
-    return web.HTTPRequestRangeNotSatisfiable(
-        headers={"Content-Range": f"bytes */{size}"},
-        text='{"error": "range not satisfiable"}',
-        content_type="application/json",
-    )
+def _unsatisfiable(size: int) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable(f"range not satisfiable: the artifact has {size} bytes")
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -195,7 +195,12 @@ async def artifact(request: web.Request) -> web.StreamResponse:
         return web.Response(status=304, headers=headers)
     size = path.stat().st_size
     if_range = request.headers.get("If-Range")
-    wanted = None if if_range and if_range.strip() != etag else parse_range(request.headers.get("Range"), size)
+    try:
+        wanted = None if if_range and if_range.strip() != etag else parse_range(request.headers.get("Range"), size)
+    except RangeNotSatisfiable as exc:
+        # Returned, not raised: the error middleware would drop the Content-Range header.
+        headers["Content-Range"] = f"bytes */{size}"
+        return web.json_response({"error": str(exc)}, status=416, headers=headers)
     start, end = wanted if wanted is not None else (0, size - 1)
     response = web.StreamResponse(status=206 if wanted is not None else 200, headers=headers)
     response.content_type = "application/x-tar"

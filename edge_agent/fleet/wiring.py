@@ -59,10 +59,16 @@ def attach_fleet(app: web.Application, fleet: FleetConfig, state_dir: Any, core_
             log.exception("fleet link disabled: cannot start it")
             yield
             return
+        # The reconciler subscribes to desired state before the link starts, so no retained message is missed.
+        from edge_agent.reconcile.wiring import build_reconciler
+
+        reconciler = await asyncio.to_thread(build_reconciler, app, service, fleet.identity_dir, state_dir)
         await service.start()
+        await reconciler.start()
         try:
             yield
         finally:
+            await reconciler.aclose()
             await service.aclose()
 
     app.cleanup_ctx.append(ctx)

@@ -1,6 +1,19 @@
-"""Scheduling of inference work: per-model queues batched onto one execution lane per accelerator."""
+"""Scheduling of inference work: priority classes across models, batching, deadlines, execution lanes."""
 
-from edge_agent.scheduler.batcher import Batcher, BatchObserver, Clock, Timer
-from edge_agent.scheduler.queue import ModelQueue, Request, RunBatch
+from edge_agent.scheduler.batcher import Batcher, BatchObserver, Clock, QueueFull, SafetyLane, Timer
+from edge_agent.scheduler.estimates import ServiceTimes
+from edge_agent.scheduler.queue import Expired, ModelQueue, Request, RunBatch
 
-__all__ = ["BatchObserver", "Batcher", "Clock", "ModelQueue", "Request", "RunBatch", "Timer"]
+__all__ = [
+    "BatchObserver",
+    "Batcher",
+    "Clock",
+    "Expired",
+    "ModelQueue",
+    "QueueFull",
+    "Request",
+    "RunBatch",
+    "SafetyLane",
+    "ServiceTimes",
+    "Timer",
+]

@@ -1,32 +1,49 @@
-"""The dynamic batcher: per-model queues feeding one single-thread execution lane per accelerator.
+"""The scheduler of one accelerator: strict priority across all models, batching within a model.
 
-Policy (Triton's, minus its idle wait by default): when the lane is idle, a queue is dispatched as soon as
-it holds a full batch, or its oldest request has waited `max_queue_delay`; with a delay of 0 it is
-dispatched on the next loop iteration, so requests parsed in the same iteration share a batch. While a
-batch runs, requests accumulate and the next batch takes all that fit. Up to `depth` batches may be handed
-to the lane's thread at once, but only the first may be partial, so pipelining never shrinks batches.
+Policy (docs/scheduling.md): requests wait in one FIFO per (model, class). When a lane has room, the
+highest class with a waiting request goes first (safety > standard > best_effort, across models); within a
+class the oldest head wins. A queue is dispatched as soon as it holds a full batch, or its oldest request
+has waited `max_queue_delay` while the lane is idle. Up to `depth` batches may be handed to a lane's thread
+at once, but only the first may be partial (safety excepted), so pipelining never shrinks batches. A lower
+class never overtakes a waiting higher class on the same lane.
 
-Issue 4 replaces `_pick` with a strict-priority, deadline-aware choice across the same queues.
+Safety bound: with `safety_lane="dedicated"` safety-class batches run on a lane of their own, so they never
+queue behind other work; with `"shared"`, while safety traffic is active, lower-class batches are capped
+to `safety_max_wait_s` of estimated run time and never pre-handed, so a safety request waits for at most
+the one batch already running.
+
+Deadlines: a request whose deadline passes while queued is answered `Expired` (503) by a timer at once
+(not when the lane frees up) and never runs; the batch cut checks again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from edge_agent.errors import InferenceFailed, NotFound, Unavailable
-from edge_agent.scheduler.queue import ModelQueue, Request, RunBatch, Tensors, run_batch
+from edge_agent.scheduler.estimates import ServiceTimes
+from edge_agent.scheduler.lane import Lane
+from edge_agent.scheduler.queue import CLASSES, Expired, ModelQueue, Request, RunBatch, Tensors, run_batch
 
-__all__ = ["BatchObserver", "Batcher", "Clock", "Timer"]
+__all__ = ["BatchObserver", "Batcher", "Clock", "QueueFull", "SafetyLane", "Timer"]
 
 logger = logging.getLogger(__name__)
+
+SafetyLane = Literal["dedicated", "shared"]
+SAFETY = 0
+DEFAULT_RANK = 1  # standard
+DEFAULT_LIMITS = (64, 256, 512)
 
 
 class Timer(Protocol):
@@ -47,8 +64,12 @@ BatchObserver = Callable[[str, int, float], None]
 """Called on the loop after each batch with (queue key, rows, run seconds)."""
 
 
+class QueueFull(Unavailable):
+    """The request's priority class already has its maximum of queued requests (HTTP 503)."""
+
+
 class Batcher:
-    """Batches requests per model and runs them, one batch at a time, in a dedicated worker thread."""
+    """Per-model, per-class queues feeding the accelerator's execution lane(s), one batch at a time each."""
 
     def __init__(
         self,
@@ -57,19 +78,34 @@ class Batcher:
         depth: int = 2,
         clock: Clock | None = None,
         observer: BatchObserver | None = None,
+        estimates: ServiceTimes | None = None,
+        limits: Sequence[int] = DEFAULT_LIMITS,
+        safety_lane: SafetyLane = "dedicated",
+        safety_max_wait_s: float = 0.002,
+        safety_window_s: float = 1.0,
     ) -> None:
         # Created inside the running loop: futures and timers belong to it.
         self._loop = asyncio.get_running_loop()
         self._clock: Clock = clock if clock is not None else self._loop
         self.name = name
-        self._depth = depth
         self._observer = observer
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"lane-{name}")
+        self.estimates = estimates if estimates is not None else ServiceTimes()
+        self._limits = tuple(limits)
+        self._main = Lane(name, depth)
+        self._safety = Lane(f"{name}-safety", depth) if safety_lane == "dedicated" else self._main
+        self.safety_lane: SafetyLane = safety_lane
+        self._safety_max_wait_s = safety_max_wait_s
+        self._safety_window_s = safety_window_s
+        self._last_safety = -math.inf
         self._queues: dict[str, ModelQueue] = {}
-        self._inflight = 0
+        self._class_counts = [0] * CLASSES
         self._scheduled = False
         self._timer: Timer | None = None
         self._timer_at = 0.0
+        self._expiry: list[tuple[float, int, ModelQueue, Request]] = []
+        self._expiry_timer: Timer | None = None
+        self._expiry_at = math.inf
+        self._seq = itertools.count()
         self._closed = False
         self._waiters: list[asyncio.Future[None]] = []
         self._idle = asyncio.Event()
@@ -85,8 +121,8 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_s: float = 0.0,
     ) -> ModelQueue:
-        """Register a model's queue; `run` is called in the lane's thread with a whole batch."""
-        queue = ModelQueue(key, run, input_names, max_batch_size, max_queue_delay_s)
+        """Register a model's queue; `run` is called in a lane's thread with a whole batch."""
+        queue = ModelQueue(key, run, input_names, max_batch_size, max_queue_delay_s, class_counts=self._class_counts)
         self._queues[key] = queue
         return queue
 
@@ -96,15 +132,20 @@ class Batcher:
         if queue is None:
             return
         queue.closed = True
-        while queue.items or queue.inflight:
+        while queue.has_items() or queue.inflight:
             waiter: asyncio.Future[None] = self._loop.create_future()
             self._waiters.append(waiter)
             await waiter
         self._queues.pop(key, None)
+        self.estimates.forget(key)
 
     def queue_rows(self) -> dict[str, int]:
         """Rows waiting per queue (for the queue-depth gauge)."""
-        return {key: q.rows for key, q in self._queues.items()}
+        return {key: q.total_rows() for key, q in self._queues.items()}
+
+    def queued(self, rank: int) -> int:
+        """Requests waiting in a class, across models."""
+        return self._class_counts[rank]
 
     def now(self) -> float:
         """The batcher's monotonic clock (loop time unless injected)."""
@@ -112,8 +153,38 @@ class Batcher:
 
     @property
     def inflight(self) -> int:
-        """Batches handed to the lane and not yet completed."""
-        return self._inflight
+        """Batches handed to the lanes and not yet completed."""
+        return self._main.inflight + (self._safety.inflight if self._safety is not self._main else 0)
+
+    # --- admission -------------------------------------------------------------------------------
+
+    def _lane_for(self, rank: int) -> Lane:
+        return self._safety if rank == SAFETY else self._main
+
+    def has_room(self, rank: int) -> bool:
+        """True if the class may queue one more request."""
+        return self._class_counts[rank] < self._limits[rank]
+
+    def estimate_s(self, key: str, rows: int, rank: int) -> float:
+        """Seconds until a request of `rows` rows of `key` at class `rank` would complete if queued now.
+
+        = the rest of the running batch + batches already handed + the work queued at equal or higher
+        priority on the same lane (in batches of each model's max size) + the request's own batch.
+        """
+        lane = self._lane_for(rank)
+        total = lane.remaining_s(self._clock.time())
+        batch_s = self.estimates.batch_s
+        own = False
+        for queue in self._queues.values():
+            for r in range(rank + 1):
+                if self._lane_for(r) is not lane:
+                    continue
+                extra = rows if r == rank and queue.key == key else 0
+                own = own or extra > 0
+                total += queue.work_s(r, extra, partial(batch_s, queue.key))
+        if not own:
+            total += batch_s(key, rows)
+        return total
 
     # --- the hot path ----------------------------------------------------------------------------
 
@@ -123,59 +194,111 @@ class Batcher:
         inputs: Mapping[str, np.ndarray[Any, Any]],
         rows: int,
         *,
-        priority: int = 0,
+        priority: int = DEFAULT_RANK,
         deadline: float | None = None,
     ) -> asyncio.Future[Tensors]:
-        """Queue one request of `rows` rows; the Future resolves to its outputs (split to its rows)."""
+        """Queue one request of `rows` rows at class rank `priority` (0 = safety); resolves to its outputs."""
         if self._closed:
             raise Unavailable("the agent is shutting down")
         queue = self._queues.get(key)
         if queue is None or queue.closed:
             raise NotFound(f"no queue for model {key!r}")
+        if not self.has_room(priority):
+            backlog = self.estimate_s(key, rows, priority)
+            raise QueueFull(f"queue of priority class {priority} is full", retry_after_s=backlog)
+        now = self._clock.time()
         future: asyncio.Future[Tensors] = self._loop.create_future()
-        queue.push(Request(inputs, rows, future, self._clock.time(), priority=priority, deadline=deadline))
+        request = Request(inputs, rows, future, now, rank=priority, deadline=deadline)
+        queue.push(request)
+        if priority == SAFETY:
+            self._last_safety = now
+        if deadline is not None:
+            heapq.heappush(self._expiry, (deadline, next(self._seq), queue, request))
+            if deadline < self._expiry_at:
+                self._arm_expiry()
         self._idle.clear()
-        if not self._scheduled and self._inflight < self._depth:
+        if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._dispatch)
         return future
 
+    def _safety_active(self, now: float) -> bool:
+        return now - self._last_safety < self._safety_window_s or self._class_counts[SAFETY] > 0
+
     def _dispatch(self) -> None:
-        """Hand batches to the lane while it has room; arm a timer for a queue still waiting."""
+        """Hand batches to the lanes while they have room; arm a timer for a queue still waiting."""
         self._scheduled = False
         now = self._clock.time()
-        while self._inflight < self._depth:
-            queue = self._pick(now)
-            if queue is None:
+        while True:
+            choice = self._pick(now)
+            if choice is None:
                 break
-            batch = queue.take()
+            queue, rank, lane = choice
+            limit = queue.max_batch_size
+            if rank != SAFETY and self._safety is self._main and limit > 0 and self._safety_active(now):
+                limit = self._capped_rows(queue)
+            batch = queue.take(rank, limit, now, self.estimates.batch_s(queue.key, 1))
             if not batch:
                 continue
-            self._inflight += 1
+            lane.handed(self.estimates.batch_s(queue.key, sum(r.rows for r in batch)), now)
             queue.inflight += 1
-            self._executor.submit(self._run, queue, batch)
-        self._arm_timer()
-        if self._inflight == 0 and not any(q.items for q in self._queues.values()):
-            self._idle.set()
+            lane.executor.submit(self._run, lane, queue, batch)
+        self._arm_timer(now)
+        self._check_idle()
 
-    def _pick(self, now: float) -> ModelQueue | None:
-        """The queue to run next: the one with the oldest ready head (FIFO across models)."""
-        best: ModelQueue | None = None
+    def _pick(self, now: float) -> tuple[ModelQueue, int, Lane] | None:
+        """The next (queue, class, lane): highest class first, oldest head within it; None if nothing can go."""
+        blocked: list[Lane] = []
+        for rank in range(CLASSES):
+            lane = self._lane_for(rank)
+            if lane in blocked:
+                continue
+            best: ModelQueue | None = None
+            best_at = math.inf
+            waiting = False
+            for queue in self._queues.values():
+                head = queue.head(rank)
+                if head is None:
+                    continue
+                waiting = True
+                if head.enqueued_at < best_at and self._can_hand(lane, queue, rank, head, now):
+                    best, best_at = queue, head.enqueued_at
+            if best is not None:
+                return best, rank, lane
+            if waiting:
+                blocked.append(lane)  # strict priority: lower classes never overtake a waiting higher one
+        return None
+
+    def _can_hand(self, lane: Lane, queue: ModelQueue, rank: int, head: Request, now: float) -> bool:
+        if lane.inflight >= lane.depth:
+            return False
+        if rank != SAFETY and lane.inflight > 0 and self._safety is self._main and self._safety_active(now):
+            return False  # shared lane: never pre-hand lower work while safety is active (the bound)
+        if queue.full(rank):
+            return True
+        if now < head.enqueued_at + queue.max_queue_delay_s:
+            return False
+        # A second batch in the lane must be full, except safety's: it runs next, partial or not.
+        return lane.inflight == 0 or rank == SAFETY
+
+    def _capped_rows(self, queue: ModelQueue) -> int:
+        """Most rows whose estimated run time fits the safety bound (at least one request is always taken)."""
+        rows = queue.max_batch_size
+        while rows > 1 and self.estimates.batch_s(queue.key, rows) > self._safety_max_wait_s:
+            rows -= 1
+        return rows
+
+    def _arm_timer(self, now: float) -> None:
+        """Wake up when the oldest request of a partial batch on an idle lane has waited its delay."""
+        when = math.inf
         for queue in self._queues.values():
-            if not queue.items:
-                continue
-            # A second batch in the lane must be full; the first may be partial once its delay is up.
-            if not queue.full() and (self._inflight > 0 or now < queue.ready_at()):
-                continue
-            if best is None or queue.items[0].enqueued_at < best.items[0].enqueued_at:
-                best = queue
-        return best
-
-    def _arm_timer(self) -> None:
-        if self._inflight > 0:
-            return  # the batch completion dispatches again
-        when = min((q.ready_at() for q in self._queues.values() if q.items), default=None)
-        if when is None:
+            for rank in range(CLASSES):
+                if self._lane_for(rank).inflight > 0:
+                    continue  # the batch completion dispatches again
+                head = queue.head(rank)
+                if head is not None:
+                    when = min(when, head.enqueued_at + queue.max_queue_delay_s)
+        if when == math.inf or when <= now:
             return
         if self._timer is not None:
             if self._timer_at <= when:
@@ -188,7 +311,44 @@ class Batcher:
         self._timer = None
         self._dispatch()
 
-    def _run(self, queue: ModelQueue, batch: list[Request]) -> None:
+    # --- expiry ----------------------------------------------------------------------------------
+
+    def _arm_expiry(self) -> None:
+        """(Re)arm the expiry timer at the earliest deadline of a still-queued request."""
+        heap = self._expiry
+        while heap and not (heap[0][3].queued and not heap[0][3].future.done()):
+            heapq.heappop(heap)
+        when = heap[0][0] if heap else math.inf
+        if when == self._expiry_at and self._expiry_timer is not None:
+            return
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        self._expiry_at = when
+        if heap:
+            self._expiry_timer = self._clock.call_at(when, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        """Answer every queued request whose deadline has passed: 503, and it never runs."""
+        self._expiry_timer = None
+        self._expiry_at = math.inf
+        now = self._clock.time()
+        heap = self._expiry
+        expired = 0
+        while heap and heap[0][0] <= now:
+            _, _, queue, request = heapq.heappop(heap)
+            if request.queued and not request.future.done():
+                queue.drop(request)
+                request.future.set_exception(Expired("request deadline expired while queued", retry_after_s=1.0))
+                expired += 1
+        if expired:
+            logger.debug("%s queued request(s) expired", expired)
+        self._arm_expiry()
+        self._check_idle()
+
+    # --- the lane threads ------------------------------------------------------------------------
+
+    def _run(self, lane: Lane, queue: ModelQueue, batch: list[Request]) -> None:
         """In the lane's thread: run the batch and hand the results back to the loop."""
         start = time.perf_counter()
         try:
@@ -198,13 +358,19 @@ class Batcher:
         elapsed = time.perf_counter() - start
         # RuntimeError: the loop closed during shutdown, so nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._complete, queue, batch, results, elapsed)
+            self._loop.call_soon_threadsafe(self._complete, lane, queue, batch, results, elapsed)
 
     def _complete(
-        self, queue: ModelQueue, batch: list[Request], results: list[Tensors] | BaseException, elapsed: float
+        self,
+        lane: Lane,
+        queue: ModelQueue,
+        batch: list[Request],
+        results: list[Tensors] | BaseException,
+        elapsed: float,
     ) -> None:
-        self._inflight -= 1
+        lane.completed(self._clock.time())
         queue.inflight -= 1
+        rows = sum(r.rows for r in batch)
         if isinstance(results, BaseException):
             logger.error("batch of %s request(s) for %s failed: %s", len(batch), queue.key, results)
             for request in batch:
@@ -213,12 +379,13 @@ class Batcher:
                     error.__cause__ = results
                     request.future.set_exception(error)
         else:
+            self.estimates.observe(queue.key, rows, elapsed)
             for request, result in zip(batch, results, strict=True):
                 if not request.future.done():
                     request.future.set_result(result)
         if self._observer is not None:
             try:
-                self._observer(queue.key, sum(r.rows for r in batch), elapsed)
+                self._observer(queue.key, rows, elapsed)
             except Exception:
                 logger.exception("batch observer failed")
         if self._waiters:
@@ -228,6 +395,15 @@ class Batcher:
             self._waiters.clear()
         self._dispatch()
 
+    def _check_idle(self) -> None:
+        if self.inflight == 0 and not any(q.has_items() for q in self._queues.values()):
+            self._idle.set()
+            if self._waiters:
+                for waiter in self._waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self._waiters.clear()
+
     # --- shutdown --------------------------------------------------------------------------------
 
     async def drain(self) -> None:
@@ -235,18 +411,14 @@ class Batcher:
         await self._idle.wait()
 
     async def aclose(self) -> None:
-        """Refuse new work, fail what is still queued, wait for the running batch, stop the thread."""
+        """Refuse new work, fail what is still queued, wait for the running batches, stop the threads."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._expiry_timer = None
         for queue in self._queues.values():
-            self._fail_queued(queue, Unavailable("the agent is shutting down"))
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
-
-    def _fail_queued(self, queue: ModelQueue, error: Exception) -> None:
-        while queue.items:
-            request = queue.items.popleft()
-            if not request.future.done():
-                request.future.set_exception(error)
-        queue.rows = 0
+            queue.fail_all(Unavailable("the agent is shutting down"))
+        await asyncio.to_thread(self._main.shutdown)
+        if self._safety is not self._main:
+            await asyncio.to_thread(self._safety.shutdown)

@@ -1,7 +1,8 @@
-"""Queued requests of one model and how a batch is cut from them and run.
+"""Queued requests of one model, one FIFO per priority class, and how a batch is cut from them and run.
 
-A `Request` may carry several rows (its batch axis); a batch concatenates whole requests along axis 0,
-never splitting one, up to the model's max batch size, and its outputs are split back by row counts.
+A `Request` may carry several rows (its batch axis); a batch concatenates whole requests of one model and
+one class along axis 0, never splitting one, up to a row limit, and its outputs are split back by row counts.
+Classes are never mixed in a batch: a safety request must not wait for lower-class rows to run with it.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.errors import Unavailable
+
 Tensors = dict[str, np.ndarray[Any, Any]]
 RunBatch = Callable[[Mapping[str, np.ndarray[Any, Any]]], Mapping[str, np.ndarray[Any, Any]]]
 
+CLASSES = 3  # ranks: 0 safety, 1 standard, 2 best_effort (protocols.pipeline.PRIORITY_RANK)
+
+
+class Expired(Unavailable):
+    """A queued request reached its deadline before it could run; it never runs (HTTP 503)."""
+
 
 class Request:
-    """One caller's inputs and the Future its answer goes to.
+    """One caller's inputs, its class rank and absolute deadline, and the Future its answer goes to."""
 
-    `priority` and `deadline` are carried for the cross-model priority scheduler (issue 4); the per-model
-    FIFO batcher ignores them.
-    """
-
-    __slots__ = ("deadline", "enqueued_at", "future", "inputs", "priority", "rows")
+    __slots__ = ("deadline", "enqueued_at", "future", "inputs", "queued", "rank", "rows")
 
     def __init__(
         self,
@@ -33,25 +38,27 @@ class Request:
         future: asyncio.Future[Tensors],
         enqueued_at: float,
         *,
-        priority: int = 0,
+        rank: int = 1,
         deadline: float | None = None,
     ) -> None:
         self.inputs = inputs
         self.rows = rows
         self.future = future
         self.enqueued_at = enqueued_at
-        self.priority = priority
+        self.rank = rank
         self.deadline = deadline
+        self.queued = True  # False once it left its queue (cut into a batch, expired, cancelled, failed)
 
 
 class ModelQueue:
-    """FIFO of one model's requests, with the batch limits of that model."""
+    """One model's queued requests: a FIFO per class, with the batch limits of that model."""
 
     __slots__ = (
+        "class_counts",
+        "classes",
         "closed",
         "inflight",
         "input_names",
-        "items",
         "key",
         "max_batch_size",
         "max_queue_delay_s",
@@ -66,6 +73,8 @@ class ModelQueue:
         input_names: tuple[str, ...],
         max_batch_size: int,
         max_queue_delay_s: float,
+        *,
+        class_counts: list[int] | None = None,
     ) -> None:
         self.key = key
         self.run = run
@@ -73,43 +82,95 @@ class ModelQueue:
         # 0 = the model has no batch axis: every request runs alone.
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
-        self.items: deque[Request] = deque()
-        self.rows = 0
-        self.inflight = 0  # batches of this queue handed to the lane
+        self.classes: tuple[deque[Request], ...] = tuple(deque() for _ in range(CLASSES))
+        self.rows = [0] * CLASSES  # live (queued) rows per class
+        # Queued requests per class across every queue of the lane (shared with the batcher).
+        self.class_counts = class_counts if class_counts is not None else [0] * CLASSES
+        self.inflight = 0  # batches of this queue handed to a lane
         self.closed = False
 
     def push(self, request: Request) -> None:
-        """Append a request."""
-        self.items.append(request)
-        self.rows += request.rows
+        """Append a request to its class."""
+        self.classes[request.rank].append(request)
+        self.rows[request.rank] += request.rows
+        self.class_counts[request.rank] += 1
 
-    def full(self) -> bool:
-        """True if a batch of max size can be cut now."""
-        return self.max_batch_size == 0 or self.rows >= self.max_batch_size
+    def drop(self, request: Request) -> None:
+        """Account for a request that leaves the queue; it is popped lazily when it reaches the head."""
+        if request.queued:
+            request.queued = False
+            self.rows[request.rank] -= request.rows
+            self.class_counts[request.rank] -= 1
 
-    def ready_at(self) -> float:
-        """Loop time at which the oldest request has waited max_queue_delay (queue must be non-empty)."""
-        return self.items[0].enqueued_at + self.max_queue_delay_s
+    def total_rows(self) -> int:
+        """Live rows queued in every class."""
+        return sum(self.rows)
 
-    def take(self) -> list[Request]:
-        """Pop whole requests up to max_batch_size rows (at least one), skipping cancelled ones."""
-        items = self.items
+    def has_items(self) -> bool:
+        """True if any class holds a live request."""
+        return any(self.rows)
+
+    def head(self, rank: int) -> Request | None:
+        """Oldest live request of a class; dead heads (expired, cancelled) are popped on the way."""
+        items = self.classes[rank]
+        while items:
+            first = items[0]
+            if first.queued and not first.future.done():
+                return first
+            items.popleft()
+            self.drop(first)
+        return None
+
+    def full(self, rank: int) -> bool:
+        """True if a batch of max size can be cut from a class now."""
+        return self.max_batch_size == 0 or self.rows[rank] >= self.max_batch_size
+
+    def take(self, rank: int, limit: int, now: float, min_run_s: float) -> list[Request]:
+        """Pop whole requests of a class up to `limit` rows (at least one live one).
+
+        Requests whose deadline falls before `now + min_run_s` (they cannot finish in time) are answered
+        503 and never run.
+        """
+        items = self.classes[rank]
         batch: list[Request] = []
         rows = 0
-        limit = self.max_batch_size
         while items:
             head = items[0]
-            if head.future.done():  # cancelled by a caller that went away: never run it
+            if not head.queued or head.future.done():
                 items.popleft()
-                self.rows -= head.rows
+                self.drop(head)
+                continue
+            if head.deadline is not None and head.deadline < now + min_run_s:
+                items.popleft()
+                self.drop(head)
+                head.future.set_exception(Expired("request deadline expired while queued", retry_after_s=1.0))
                 continue
             if batch and (limit == 0 or rows + head.rows > limit):
                 break
             items.popleft()
-            self.rows -= head.rows
+            self.drop(head)
             batch.append(head)
             rows += head.rows
         return batch
+
+    def work_s(self, rank: int, extra_rows: int, batch_s: Callable[[int], float]) -> float:
+        """Estimated run time of this class's queued rows (plus `extra_rows`) in batches of max size."""
+        rows = self.rows[rank] + extra_rows
+        if rows <= 0:
+            return 0.0
+        if self.max_batch_size == 0:
+            return rows * batch_s(1)
+        full, rest = divmod(rows, self.max_batch_size)
+        return full * batch_s(self.max_batch_size) + (batch_s(rest) if rest else 0.0)
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail every queued request (shutdown)."""
+        for items in self.classes:
+            while items:
+                request = items.popleft()
+                self.drop(request)
+                if not request.future.done():
+                    request.future.set_exception(error)
 
 
 def run_batch(queue: ModelQueue, batch: list[Request]) -> list[Tensors]:

@@ -7,16 +7,15 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
-from rig import Mosquitto, free_port
+from hub_support import hub_config
+from rig import Mosquitto
 from sqlalchemy.engine import make_url
 
 from cloud_hub.api import serve_hub
-from cloud_hub.config import HubConfig
 from cloud_hub.hub import Hub
 from cloud_hub.pki import HubIdentity
 
@@ -54,12 +53,6 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield make_url(PG_URL).set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
     finally:
         await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def hub_config(data_dir: Path, db_url: str | None = None, **overrides: Any) -> HubConfig:
-    """A config on a free loopback port."""
-    values: dict[str, Any] = {"data_dir": data_dir, "database_url": db_url, "port": free_port(), **overrides}
-    return HubConfig(**values)
 
 
 @dataclass

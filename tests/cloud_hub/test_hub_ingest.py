@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import hub_config
+from hub_support import hub_config
 from cryptography.hazmat.primitives.asymmetric import ec
 from hub_devices import TOPICS, DeviceClient, birth, load_report, provision, write_identity
 from rig import Mosquitto

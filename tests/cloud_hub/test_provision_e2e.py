@@ -13,7 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import pytest_asyncio
-from conftest import hub_config
+from hub_support import hub_config
 from hub_devices import TOPICS, DeviceClient, load_report
 from paho.mqtt.enums import CallbackAPIVersion
 from rig import Mosquitto, TestPKI

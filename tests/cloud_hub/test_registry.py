@@ -56,7 +56,9 @@ def copy_zoo(tmp: Path, name: str = "tiny-cnn", version: str = "1") -> Path:
     return target
 
 
-async def test_push_needs_a_trusted_publisher_then_is_resigned_and_idempotent(api: Api, hub: Hub, tmp_path: Path) -> None:
+async def test_push_needs_a_trusted_publisher_then_is_resigned_and_idempotent(
+    api: Api, hub: Hub, tmp_path: Path
+) -> None:
     tar = zoo_tar(tmp_path)
     zoo_kid = signing.key_id(signing.load_public_key(ZOO_PUBLIC_KEY_FILE))
     hub_kid = signing.key_id(hub.identity.signing_key.public_key())
@@ -99,7 +101,9 @@ async def test_other_content_under_an_existing_version_is_409(api: Api, tmp_path
     assert (await push(api, zoo_tar(tmp_path)))[0] == 201
     # A publisher key of our own, trusted, signs tiny-cnn "1" with other content (version 2's weights).
     key, public = signing.generate_keypair()
-    status, _ = await api.call("POST", "/api/v1/publishers", {"public_key_pem": signing.public_key_pem(public).decode()})
+    status, _ = await api.call(
+        "POST", "/api/v1/publishers", {"public_key_pem": signing.public_key_pem(public).decode()}
+    )
     assert status == 201
     other = copy_zoo(tmp_path, "tiny-cnn", "2")
     manifest = Manifest.model_validate_json((other / MANIFEST_FILE).read_bytes())

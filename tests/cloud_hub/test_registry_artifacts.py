@@ -9,8 +9,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from multidict import CIMultiDict
 from hub_devices import client_ssl, provision, write_identity
+from multidict import CIMultiDict
 from rig import TestPKI
 from test_hub_api import Api
 from test_registry import push, trust_zoo, zoo_tar

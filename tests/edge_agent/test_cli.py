@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import start_agent
+from agent_support import start_agent
 
 from edge_agent.cli import build_parser, main
 from edge_agent.config import AgentConfig, load_config

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import Reference, sample, standalone_config
+from agent_support import Reference, sample, standalone_config
 
 from edge_agent.errors import Unavailable
 from edge_agent.http import CORE_KEY, STARTUP_KEY, make_app

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from conftest import MODELS, AgentProcess, Reference, sample
+from agent_support import MODELS, AgentProcess, Reference, sample
 
 from protocols.binary import HEADER_LENGTH, decode_response, encode_request
 

@@ -1,0 +1,180 @@
+"""Child processes of the demo: each in its own process group, logged to a file, always stopped.
+
+Every child is started with `start_new_session=True`, so a Ctrl-C in the terminal reaches only the demo,
+which then stops the children itself: SIGTERM to each group (newest first), SIGKILL to the groups still
+alive after a grace period. `stop_all` runs from the demo's `finally`; an `atexit` hook repeats it with
+SIGKILL as a safety net for paths that skip the `finally` (e.g. `sys.exit` from a signal handler). The
+PIDs go to `pids.json` in the workdir as they are started, so a test can check that none survives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloud_hub.errors import HubError
+
+log = logging.getLogger(__name__)
+
+
+class DemoError(HubError):
+    """A demo step failed; the message says which and points at its log."""
+
+
+@dataclass
+class Child:
+    """One started process and its log file (stdout and stderr together)."""
+
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        """Process id (= its process group id)."""
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """Whether it still runs."""
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        """Everything it wrote so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of its output, for error messages."""
+        return "\n".join(self.output().splitlines()[-lines:]) or "(no output)"
+
+    async def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        """Wait until its output matches `pattern`; DemoError if it exits or the time runs out."""
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = regex.search(self.output())
+            if found:
+                return found
+            if not self.alive:
+                raise DemoError(f"{self.name} exited with {self.proc.returncode}; last output:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"{self.name} not ready within {timeout_s:.0f} s; last output:\n{self.tail()}")
+            await asyncio.sleep(0.1)
+
+    async def wait_exit(self, timeout_s: float) -> int:
+        """Wait for it to exit; DemoError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise DemoError(f"{self.name} still running after {timeout_s:.0f} s; last output:\n{self.tail()}")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+
+class Supervisor:
+    """Starts children, records their PIDs, and stops every one of them, once, whatever happens."""
+
+    def __init__(self, workdir: Path, grace_s: float = 5.0) -> None:
+        self.workdir = workdir
+        self.logs = workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids_file = workdir / "pids.json"
+        self.grace_s = grace_s
+        self.children: list[Child] = []
+        self._closed = False
+        self._write_pids()
+        atexit.register(self.kill_all)
+
+    def spawn(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Child:
+        """Start `argv` in its own session with output to logs/<name>.log."""
+        if self._closed:
+            raise DemoError(f"not starting {name}: the demo is stopping")
+        log_path = self.logs / f"{name}.log"
+        child_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        child_env["PYTHONUNBUFFERED"] = "1"
+        child_env.update(env or {})
+        with log_path.open("ab") as out:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=child_env,
+                    cwd=cwd,
+                    start_new_session=True,  # own process group: Ctrl-C reaches the demo, which stops it
+                )
+            except OSError as exc:
+                raise DemoError(f"cannot start {name} ({argv[0]}): {exc}") from exc
+        child = Child(name, argv, proc, log_path)
+        self.children.append(child)
+        self._write_pids()
+        log.debug("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
+        return child
+
+    async def run(self, name: str, argv: list[str], timeout_s: float = 60.0) -> str:
+        """Run a short command to completion under supervision; its output, DemoError on failure."""
+        child = self.spawn(name, argv)
+        try:
+            code = await child.wait_exit(timeout_s)
+        except BaseException:
+            self._stop([child], signal.SIGKILL, 1.0)
+            raise
+        if code != 0:
+            raise DemoError(f"`{' '.join(argv[:4])} ...` failed ({code}):\n{child.tail()}")
+        return child.output()
+
+    def pids(self) -> dict[str, int]:
+        """name -> pid of every child ever started (also finished ones)."""
+        return {c.name: c.pid for c in self.children}
+
+    def stop_all(self) -> None:
+        """SIGTERM every live group (newest first), SIGKILL what is left after the grace period, reap all."""
+        self._closed = True
+        self._stop(list(reversed(self.children)), signal.SIGTERM, self.grace_s)
+
+    def kill_all(self) -> None:
+        """SIGKILL every live group at once (the atexit safety net)."""
+        self._closed = True
+        self._stop(list(self.children), signal.SIGKILL, 2.0)
+
+    def _stop(self, children: list[Child], sig: signal.Signals, grace_s: float) -> None:
+        live = [c for c in children if c.alive]
+        for child in live:
+            _signal_group(child.pid, sig)
+        deadline = time.monotonic() + grace_s
+        for child in live:
+            try:
+                child.proc.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) ignored %s: killing it", child.name, child.pid, sig.name)
+                _signal_group(child.pid, signal.SIGKILL)
+                child.proc.wait(timeout=5)
+        # A group may outlive its leader (a grandchild): kill whatever is left of the groups just stopped.
+        for child in live:
+            _signal_group(child.pid, signal.SIGKILL)
+
+    def _write_pids(self) -> None:
+        tmp = self.pids_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"demo": os.getpid(), "children": self.pids()}, indent=2))
+        tmp.replace(self.pids_file)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,152 @@
+"""Run the demo: workdir, signals, the live view, the summary, --keep-running; children always stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import tempfile
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from cloud_hub.demo.procs import DemoError, Supervisor
+from cloud_hub.demo.scenario import FULL, SHORT, Demo, cancel_and_wait
+from cloud_hub.demo.state import DemoState
+from cloud_hub.demo.traffic import Traffic
+from cloud_hub.demo.view import announce_line, live_view, summary_view
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Entry point of `cloud-hub demo`: 0 when every check that ran passed, 1 otherwise, 130 if interrupted."""
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        workdir: Path = args.workdir.resolve()
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    return asyncio.run(_main(args, workdir))
+
+
+async def _main(args: argparse.Namespace, workdir: Path) -> int:
+    started = time.monotonic()
+    console = Console()
+    sup = Supervisor(workdir)
+    live = not args.no_live and console.is_terminal
+    state = DemoState()
+    if not live:
+        state.announce = lambda step: print(announce_line(step), flush=True)
+    demo = Demo(workdir, sup, state, SHORT if args.short else FULL)
+    interrupted = _on_signals(asyncio.current_task())
+    print(f"edgefleet demo in {workdir} (logs in {workdir / 'logs'}); Ctrl-C stops everything", flush=True)
+    code = 1
+    summary: dict[str, Any] | None = None
+    try:
+        view: AbstractContextManager[Any] = (
+            Live(get_renderable=lambda: live_view(state, demo.traffic), console=console, refresh_per_second=4)
+            if live
+            else nullcontext()
+        )
+        with view:
+            await demo.start()
+            watcher = asyncio.create_task(demo.watch())
+            try:
+                async with Traffic([t for t, _ in demo.targets()]) as traffic:
+                    demo.traffic = traffic
+                    await demo.traffic_phases(traffic)
+            finally:
+                await cancel_and_wait(watcher)
+            await demo.poll()
+        summary = demo.summary(started, interrupted=False)
+        console.print(summary_view(summary, demo.traffic, state))
+        code = 0 if summary["ok"] else 1
+        if args.keep_running:
+            _write(args.summary_json, summary)
+            print(_how_to_poke(demo), flush=True)
+            await asyncio.Event().wait()  # until Ctrl-C / SIGTERM
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        code = 130 if not args.keep_running or summary is None else code
+        print(f"\ninterrupted: stopping {sum(c.alive for c in sup.children)} processes", file=sys.stderr, flush=True)
+    except DemoError as exc:
+        state.step(state.steps[-1].name if state.steps else "start", "failed", str(exc))
+        print(f"cloud-hub demo: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        _ignore_signals()  # a second Ctrl-C must not cut the clean-up short
+        sup.stop_all()
+        if summary is None or interrupted:
+            summary = demo.summary(started, interrupted=bool(interrupted))
+        summary["exit_code"] = code
+        _write(args.summary_json, summary)
+    return code
+
+
+class _Flag:
+    """Truthy once a signal arrived."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __bool__(self) -> bool:
+        return self.set
+
+
+def _on_signals(task: asyncio.Task[Any] | None) -> _Flag:
+    """SIGINT/SIGTERM cancel the demo's main task (its `finally` stops the children)."""
+    flag = _Flag()
+    loop = asyncio.get_running_loop()
+
+    def handler() -> None:
+        flag.set = True
+        if task is not None:
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler)
+    return flag
+
+
+def _ignore_signals() -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: None)
+
+
+def _write(path: Path | None, summary: dict[str, Any]) -> None:
+    if path is None:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _how_to_poke(demo: Demo) -> str:
+    """What to run against the system left up by --keep-running."""
+    device, url = next(iter(demo.agent_urls.items()))
+    token_file = demo.hub_dir / "operator-token"
+    return f"""
+The demo keeps running (Ctrl-C stops every process). Try:
+
+  # an agent ({device}), V2 JSON body
+  curl -s {url}/v2/models/detect/infer -H 'Content-Type: application/json' \\
+    -d '{{"inputs":[{{"name":"input","shape":[1,3,64,64],"datatype":"FP32","data":'"$(python3 -c 'print([0.0]*12288)')"'}}]}}'
+
+  # the same with tritonclient (pip install tritonclient[http])
+  import numpy as np, tritonclient.http as http
+  client = http.InferenceServerClient("{url.removeprefix("http://")}")
+  inp = http.InferInput("input", [1, 3, 64, 64], "FP32")
+  inp.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
+  print(client.infer("collision", [inp]).as_numpy("scores"))
+
+  # the hub: {demo.hub_url}  (operator token in {token_file})
+  cloud-hub --data-dir {demo.hub_dir} devices list
+  cloud-hub --data-dir {demo.hub_dir} rollouts list
+  agents: {", ".join(f"{d} {u}" for d, u in demo.agent_urls.items())}   pool: {demo.pool_url}
+"""

@@ -1,0 +1,113 @@
+"""Admission control: a request's class and deadline, and where it runs (local, a cloud pool, or 503 now).
+
+completion estimate = now + rest of the running batch + batches already handed + work queued at equal or
+higher priority (in batches of each model's max size) + the request's own batch + a margin. If that misses
+the deadline (or the class queue is full), an `overflow` pipeline goes to a pool that can answer within the
+remaining time; otherwise the request is rejected at once with 503 and Retry-After, never queued to die.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from edge_agent.errors import Unavailable
+from edge_agent.offload.client import PoolError
+from edge_agent.scheduler.batcher import Batcher
+from edge_agent.scheduler.queue import CLASSES, Expired, Tensors
+from protocols.pipeline import PRIORITY_RANK, PipelineSpec
+
+if TYPE_CHECKING:
+    from edge_agent.offload.router import OffloadRouter
+
+__all__ = ["Admission", "Rejected", "Served", "budget_s", "effective_rank"]
+
+logger = logging.getLogger(__name__)
+
+
+class Rejected(Unavailable):
+    """Admission control: the deadline cannot be met locally and no pool can take the request (HTTP 503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A request's outputs and where it ran."""
+
+    outputs: Tensors
+    route: Literal["local", "cloud"]
+    pool: str | None = None
+
+
+def effective_rank(pipeline_priority: str, priority: int) -> int:
+    """Class rank of a request: Triton's `priority` (1 = highest, 0 = default) may lower the pipeline's class,
+    never raise it: 1 -> safety, 2 -> standard, 3 and above -> best_effort, capped by the pipeline's class."""
+    base = PRIORITY_RANK[pipeline_priority]
+    if priority <= 0:
+        return base
+    return max(base, min(priority, CLASSES) - 1)
+
+
+def budget_s(deadline_ms: int, timeout_us: int | None) -> float:
+    """Seconds a request may take: the pipeline's deadline, shortened (never lengthened) by Triton's `timeout`."""
+    budget = deadline_ms / 1000.0
+    if timeout_us:  # 0 = no timeout, as in Triton
+        budget = min(budget, timeout_us / 1e6)
+    return budget
+
+
+class Admission:
+    """Decides local, cloud or 503 for each request, from the batcher's estimates and the pools' state."""
+
+    def __init__(self, batcher: Batcher, router: OffloadRouter | None, *, margin_s: float) -> None:
+        self._batcher = batcher
+        self._router = router
+        self._margin_s = margin_s
+
+    def _local_fits(self, key: str, rows: int, rank: int, deadline: float) -> tuple[bool, float]:
+        batcher = self._batcher
+        estimate = batcher.estimate_s(key, rows, rank)
+        return batcher.has_room(rank) and batcher.now() + estimate + self._margin_s <= deadline, estimate
+
+    async def run(
+        self,
+        pipeline: PipelineSpec,
+        key: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray[Any, Any]],
+        rows: int,
+        *,
+        requested: Sequence[str] | None,
+        rank: int,
+        deadline: float,
+    ) -> Served:
+        """Run one request where it can meet `deadline` (loop time); Rejected / Expired (503) otherwise."""
+        fits, estimate = self._local_fits(key, rows, rank, deadline)
+        if not fits:
+            router = self._router
+            if pipeline.effective_offload == "overflow" and router is not None:
+                remaining = deadline - self._batcher.now()
+                pool = router.pick(pipeline.model, remaining)
+                if pool is not None:
+                    try:
+                        outputs = await router.infer(
+                            pipeline, pool, version=version, inputs=inputs, outputs=requested, timeout_s=remaining
+                        )
+                        return Served(outputs, "cloud", pool.name)
+                    except PoolError as exc:
+                        if exc.timed_out:
+                            raise Expired(f"deadline expired while offloaded to pool {pool.name}") from exc
+                        logger.debug("offload to %s failed, trying local: %s", pool.name, exc)
+                        fits, estimate = self._local_fits(key, rows, rank, deadline)
+            if not fits:
+                budget_ms = (deadline - self._batcher.now()) * 1000.0
+                raise Rejected(
+                    f"deadline cannot be met: estimated {estimate * 1000.0:.1f} ms locally, {budget_ms:.1f} ms left, "
+                    "and no cloud pool can take it",
+                    retry_after_s=estimate,
+                )
+        outputs = await self._batcher.submit(key, inputs, rows, priority=rank, deadline=deadline)
+        return Served(outputs, "local")

@@ -1,0 +1,16 @@
+"""Helpers of the hub's tests that test modules import by name (conftest.py is not importable by name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rig import free_port
+
+from cloud_hub.config import HubConfig
+
+
+def hub_config(data_dir: Path, db_url: str | None = None, **overrides: Any) -> HubConfig:
+    """A config on a free loopback port."""
+    values: dict[str, Any] = {"data_dir": data_dir, "database_url": db_url, "port": free_port(), **overrides}
+    return HubConfig(**values)
