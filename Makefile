@@ -44,7 +44,7 @@ test: setup lint typecheck pytest
 
 # --- the demo and benchmarks ----------------------------------------------------
 demo: setup
-	$(PY) -m edge_agent.demo
+	$(VENV)/bin/cloud-hub demo $(DEMO_ARGS)
 
 bench: setup
 	$(PY) -m bench

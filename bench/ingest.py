@@ -109,14 +109,15 @@ def role_raw(port: int, warm: int, expect: int) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    state = {"n": 0, "last": 0.0}
+    state = {"count": 0, "last": 0.0, "cpu": 0.0}
 
     def on_message(client: mqtt.Client, _u: Any, _m: mqtt.MQTTMessage) -> None:
-        state["n"] += 1
-        if state["n"] == warm:
+        state["count"] += 1
+        if state["count"] == warm:
+            state["cpu"] = time.process_time()
             print("warm", flush=True)
-        if state["n"] >= expect:
-            state["last"] = time.time()
+        if state["count"] >= expect:
+            state["last"], state["cpu"] = time.time(), time.process_time() - state["cpu"]
             client.disconnect()
 
     def on_connect(client: mqtt.Client, *_a: Any) -> None:
@@ -129,22 +130,23 @@ def role_raw(port: int, warm: int, expect: int) -> None:
     client.on_message, client.on_connect, client.on_subscribe = on_message, on_connect, on_subscribe
     client.connect("127.0.0.1", port, 60)
     client.loop_forever()
-    print(json.dumps({"count": state["n"], "last": state["last"]}), flush=True)
+    print(json.dumps(state), flush=True)
 
 
 async def _role_link(port: int, warm: int, expect: int) -> None:
     """The hub's own MQTT link (cloud_hub.ingest.mqtt) with a handler that only counts: its receive ceiling."""
     from cloud_hub.ingest.mqtt import BrokerUrl, MqttLink
 
-    state = {"n": 0, "last": 0.0}
+    state = {"count": 0, "last": 0.0, "cpu": 0.0}
     done = asyncio.Event()
 
     def on_message(_topic: str, _payload: bytes) -> None:
-        state["n"] += 1
-        if state["n"] == warm:
+        state["count"] += 1
+        if state["count"] == warm:
+            state["cpu"] = time.process_time()
             print("warm", flush=True)
-        if state["n"] >= expect and not done.is_set():
-            state["last"] = time.time()
+        if state["count"] >= expect and not done.is_set():
+            state["last"], state["cpu"] = time.time(), time.process_time() - state["cpu"]
             done.set()
 
     url = BrokerUrl("127.0.0.1", port, tls=False)
@@ -152,7 +154,7 @@ async def _role_link(port: int, warm: int, expect: int) -> None:
         await link.wait_connected(10)
         print("ready", flush=True)
         await done.wait()
-    print(json.dumps({"count": state["n"], "last": state["last"]}), flush=True)
+    print(json.dumps(state), flush=True)
 
 
 async def _prepare_db(url: str, n: int) -> None:
@@ -184,7 +186,7 @@ async def _role_hub(port: int, data_dir: str, db_url: str, warm: int, expect: in
         await hub.ingest.wait_connected(10)
         print("ready", flush=True)
         accepted, rows = hub.metrics.accepted["telemetry"], hub.metrics.db_rows
-        warmed = False
+        warmed, cpu, last_cpu = False, 0.0, 0.0
         last_n, last_rows, last_change, last_commit = 0.0, 0.0, time.time(), 0.0
         now = time.time()
         while True:
@@ -195,21 +197,22 @@ async def _role_hub(port: int, data_dir: str, db_url: str, warm: int, expect: in
             n, r = accepted._value.get(), rows._value.get()
             if not warmed and n >= warm:
                 await hub.ingest.writer.drain()
-                warmed = True
+                warmed, cpu = True, time.process_time()
                 print("warm", flush=True)
                 continue
             if n != last_n or r != last_rows:
                 last_n, last_change = n, now
             if r != last_rows:
-                last_rows, last_commit = r, now
+                last_rows, last_commit, last_cpu = r, now, time.process_time()
             if (expect and n >= expect) or (not expect and warmed and now - last_change > 1.0):
                 break
         await hub.ingest.writer.drain()
         if rows._value.get() != last_rows or expect:
-            last_commit = time.time()
+            last_commit, last_cpu = time.time(), time.process_time()
         result = {
             "count": accepted._value.get(),
             "last": last_commit,
+            "cpu": last_cpu - cpu,
             "dropped": {r: c._value.get() for r, c in hub.metrics.drops.items() if c._value.get()},
             "rows": rows._value.get(),
         }
@@ -246,8 +249,13 @@ def _publish(port: int, per_device: int, seq_first: int, publishers: int) -> Non
             raise SystemExit("a publisher failed")
 
 
-def _drain(port: int, consumers: list[subprocess.Popen[str]], per_device: int, publishers: int) -> float:
-    """Warm the consumers up, freeze them, queue the load at the broker, thaw them: the drain rate (msgs/s)."""
+def _drain(
+    port: int, consumers: list[subprocess.Popen[str]], per_device: int, publishers: int, cpu_us: list[float]
+) -> float:
+    """Warm the consumers up, freeze them, queue the load at the broker, thaw them: the drain rate (msgs/s).
+
+    Appends to `cpu_us` the consumers' CPU time per measured message (all their threads; not the broker's
+    nor PostgreSQL's): less disturbed than wall time by other work on a shared machine."""
     for c in consumers:
         _expect_line(c, "ready")
     _publish(port, 1, 1, publishers)
@@ -265,6 +273,7 @@ def _drain(port: int, consumers: list[subprocess.Popen[str]], per_device: int, p
             os.kill(c.pid, signal.SIGCONT)
     results = [_result(c, timeout=300) for c in consumers]
     measured = sum(r["count"] for r in results) - DEVICES
+    cpu_us.append(1e6 * sum(r["cpu"] for r in results) / measured)
     expect = DEVICES * per_device
     if measured < expect:
         print(f"# {measured}/{expect} messages arrived (broker dropped the rest)", file=sys.stderr)
@@ -301,6 +310,7 @@ def main_controller(per_device: int, publishers: int, rounds: int, replicas: boo
 
     port_args = ["--warm", str(DEVICES), "--expect", str(DEVICES * (per_device + 1))]
     rates: dict[str, list[float]] = {"raw": [], "link": [], "hub": [], "replicas2": []}
+    cpu: dict[str, list[float]] = {k: [] for k in rates}
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-ingest-") as tmp:
         broker = Mosquitto(
             "plain", Path(tmp) / "broker", verbose_log=False,
@@ -309,14 +319,13 @@ def main_controller(per_device: int, publishers: int, rounds: int, replicas: boo
         with broker:
             port = ["--port", str(broker.port)]
             for i in range(rounds):
-                rates["raw"].append(_drain(broker.port, [_spawn("--role", "raw", *port, *port_args)], per_device,
-                                           publishers))  # fmt: skip
-                rates["link"].append(_drain(broker.port, [_spawn("--role", "link", *port, *port_args)], per_device,
-                                            publishers))  # fmt: skip
+                for role in ("raw", "link"):
+                    consumer = _spawn("--role", role, *port, *port_args)
+                    rates[role].append(_drain(broker.port, [consumer], per_device, publishers, cpu[role]))
                 sqlite_url = f"sqlite:///{tmp}/hub{i}.db"
                 asyncio.run(_prepare_db(sqlite_url, DEVICES))
                 hub = _spawn("--role", "hub", *port, "--data-dir", f"{tmp}/hub", "--db", sqlite_url, *port_args)
-                rates["hub"].append(_drain(broker.port, [hub], per_device, publishers))
+                rates["hub"].append(_drain(broker.port, [hub], per_device, publishers, cpu["hub"]))
                 if replicas:
                     pg_name = f"edgefleet_bench_{os.getpid()}_{i}"
                     _pg_database("create", pg_name)
@@ -325,18 +334,22 @@ def main_controller(per_device: int, publishers: int, rounds: int, replicas: boo
                         asyncio.run(_prepare_db(pg_url, DEVICES))
                         procs = [_spawn("--role", "hub", *port, "--data-dir", f"{tmp}/hub", "--db", pg_url,
                                         "--warm", "1", "--expect", "0") for _ in range(2)]  # fmt: skip
-                        rates["replicas2"].append(_drain(broker.port, procs, per_device, publishers))
+                        rates["replicas2"].append(_drain(broker.port, procs, per_device, publishers, cpu["replicas2"]))
                     finally:
                         _pg_database("drop", pg_name)
                 shown = " ".join(f"{k}={v[-1]:.0f}" for k, v in rates.items() if v)
-                print(f"# round {i + 1}: msgs/s {shown}", file=sys.stderr, flush=True)
+                shown_cpu = " ".join(f"{k}={v[-1]:.1f}" for k, v in cpu.items() if v)
+                print(f"# round {i + 1}: msgs/s {shown}; cpu us/msg {shown_cpu}", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in rates.items() if v}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items() if v}
     spread = {k: f"{min(v):.0f}-{max(v):.0f}" for k, v in rates.items() if v}
     print(f"# ranges msgs/s: {spread}", file=sys.stderr)
+    print(f"# median consumer cpu us/msg: { {k: round(v, 1) for k, v in med_cpu.items()} }", file=sys.stderr)
     raw, hub = med["raw"], med["hub"]
     line = (
         f"ingest: hub/raw={hub / raw:.2f} hub_msgs_per_s={hub:.0f} raw_msgs_per_s={raw:.0f} "
-        f"link/raw={med['link'] / raw:.2f} hub/link={hub / med['link']:.2f}"
+        f"link/raw={med['link'] / raw:.2f} hub/link={hub / med['link']:.2f} "
+        f"cpu_us_per_msg_raw={med_cpu['raw']:.1f} cpu_us_per_msg_hub={med_cpu['hub']:.1f}"
     )
     if "replicas2" in med:
         rep = med["replicas2"]

@@ -16,7 +16,7 @@ bench does not spend its time on N TLS contexts.
 
 raw_transfer_s: N downloads of the same artifact, same client code, same connection limit (`--concurrency`),
 no MQTT, no hub orchestration. converge_s: from POST /api/v1/rollouts (canary 0, one wave of 100 %, no bake)
-to the rollout's state `completed` as the API reports it (polled every 0.25 s).
+to the rollout's state `completed` as the API reports it (polled every 0.5 s).
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def main_controller(agents: int, concurrency: int) -> str:
                 t0 = time.monotonic()
                 rollout_id = client.request("POST", "/api/v1/rollouts", body)["rollout"]["id"]
                 while True:
-                    time.sleep(0.25)
+                    time.sleep(0.5)
                     listed = client.request("GET", "/api/v1/rollouts")["rollouts"]
                     state = next(r for r in listed if r["id"] == rollout_id)
                     if state["state"] in ("completed", "rolled_back", "aborted", "completed_with_pending"):

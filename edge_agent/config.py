@@ -148,7 +148,9 @@ class OffloadConfig(_Config):
         default=0.5, description="How often open pools are probed with GET /v2/health/ready after their cool-down."
     )
     connect_timeout_s: PositiveFloat = Field(default=1.0, description="TCP connect timeout to a pool.")
-    max_outstanding: PositiveInt = Field(default=64, description="Most requests in flight to one pool.")
+    max_outstanding: PositiveInt = Field(
+        default=32, description="Most requests in flight to one pool (bounds the queue we build up there)."
+    )
     max_connections: PositiveInt = Field(default=64, description="Keep-alive connections per pool.")
 
 

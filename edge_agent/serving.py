@@ -6,7 +6,7 @@ Transports (HTTP now, others later) decode, call `route` + `infer`, and encode; 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,17 +14,22 @@ import numpy as np
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
-from edge_agent.errors import InvalidInput, NotFound, Unavailable
-from edge_agent.scheduler import Batcher, BatchObserver
+from edge_agent.errors import InferenceFailed, InvalidInput, NotFound, Unavailable
+from edge_agent.fleet.stats import PipelineStats
+from edge_agent.fleet.stats import Route as StatsRoute
+from edge_agent.metrics import Metrics
+from edge_agent.offload.router import OffloadRouter
+from edge_agent.scheduler import Batcher, BatchObserver, Expired, ServiceTimes
+from edge_agent.scheduler.admission import Admission, Served, budget_s, effective_rank
 from edge_agent.store import version_key
 from models.package import ModelPackage
 from models.runtimes.base import Runtime
 from models.runtimes.factory import create_runtime
 from protocols.datatypes import numpy_dtype
 from protocols.manifest import Manifest, TensorSpec
-from protocols.pipeline import PRIORITY_RANK, PipelineSpec
+from protocols.pipeline import PipelineSpec
 
-__all__ = ["LoadedModel", "Route", "ServingCore"]
+__all__ = ["LoadedModel", "Route", "Served", "ServingCore"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +127,23 @@ def _zeros(spec: TensorSpec, rows: int | None) -> np.ndarray[Any, Any]:
 class ServingCore:
     """Loaded models and pipelines behind one batcher per accelerator; the one place requests are served."""
 
-    def __init__(self, config: AgentConfig, *, observer: BatchObserver | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, *, observer: BatchObserver | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self._observer = observer
+        self._metrics = metrics
         self._models: dict[str, dict[str, LoadedModel]] = {}
         self._active: dict[str, str] = {}
         self._pipelines: dict[str, PipelineSpec] = {}
         self._batcher: Batcher | None = None
+        self._admission: Admission | None = None
+        # The one per-pipeline stats sink: telemetry (fleet wiring) reads the same instance.
+        self.stats = PipelineStats()
+        # Standalone (the cloud-pool mode) never offloads; otherwise pools can be set at runtime.
+        self.router: OffloadRouter | None = (
+            None if config.standalone else OffloadRouter(config.offload, config.pools, metrics=metrics)
+        )
         self.started = False
 
     @property
@@ -142,12 +157,34 @@ class ServingCore:
 
     async def start(self, packages: Sequence[ModelPackage], active: Mapping[str, str]) -> None:
         """Load and warm up every package, then build the pipelines; `active` maps model -> version."""
-        self._batcher = Batcher("cpu", depth=self.config.batching.pipeline_depth, observer=self._observer)
+        sched = self.config.scheduler
+        limits = sched.queue_limits
+        self._batcher = Batcher(
+            "cpu",
+            depth=self.config.batching.pipeline_depth,
+            observer=self._observer,
+            estimates=ServiceTimes(sched.ewma_alpha),
+            limits=(limits.safety, limits.standard, limits.best_effort),
+            safety_lane=sched.safety_lane,
+            safety_max_wait_s=sched.safety_max_wait_ms / 1000.0,
+            safety_window_s=sched.safety_window_ms / 1000.0,
+        )
+        self._admission = Admission(self._batcher, self.router, margin_s=sched.admission_margin_ms / 1000.0)
+        if self.router is not None:
+            await self.router.start()
         for pkg in packages:
             await self.load(pkg)
         for name, versions in self._models.items():
             self._active[name] = active.get(name) or max(versions, key=version_key)
         self._pipelines = self._build_pipelines()
+        for spec in self._pipelines.values():
+            self.stats.register(
+                spec.name,
+                model=spec.model,
+                priority=spec.priority,
+                version=spec.version,
+                queue_depth=self._depth_of(spec.model),
+            )
         self.started = True
         logger.info("serving %s pipeline(s): %s", len(self._pipelines), ", ".join(sorted(self._pipelines)))
 
@@ -202,6 +239,8 @@ class ServingCore:
     async def aclose(self) -> None:
         """Finish queued work, stop the lane, unload every runtime."""
         self.started = False
+        if self.router is not None:
+            await self.router.aclose()
         if self._batcher is not None:
             await self._batcher.drain()
             await self._batcher.aclose()
@@ -209,6 +248,15 @@ class ServingCore:
             for model in versions.values():
                 model.ready = False
                 await model.runtime.unload()
+
+    def _depth_of(self, model: str) -> Callable[[], int]:
+        prefix = f"{model}:"
+
+        def depth() -> int:
+            rows = self.batcher.queue_rows()
+            return sum(n for key, n in rows.items() if key.startswith(prefix))
+
+        return depth
 
     def _build_pipelines(self) -> dict[str, PipelineSpec]:
         pipelines: dict[str, PipelineSpec] = {}
@@ -282,30 +330,61 @@ class ServingCore:
         priority: int = 0,
         timeout_us: int | None = None,
     ) -> Tensors:
-        """Validate, queue, and await one request; returns the requested outputs.
+        """Serve one request; returns the requested outputs (see `infer_routed`)."""
+        served = await self.infer_routed(route, inputs, requested, priority=priority, timeout_us=timeout_us)
+        return served.outputs
 
-        `priority` is Triton's request level (0 = default, 1 = highest) and `timeout_us` its timeout.
+    async def infer_routed(
+        self,
+        route: Route,
+        inputs: Mapping[str, np.ndarray[Any, Any]],
+        requested: Sequence[str] | None = None,
+        *,
+        priority: int = 0,
+        timeout_us: int | None = None,
+    ) -> Served:
+        """Validate and serve one request locally or on a cloud pool; returns the outputs and where it ran.
+
+        `priority` is Triton's request level (0 = default, 1 = highest; it may lower the pipeline's class,
+        never raise it) and `timeout_us` its timeout (shortens the pipeline's deadline).
         """
-        model = route.model
-        if not model.ready:
-            raise Unavailable(f"model {model.key!r} is not ready")
-        rows = model.validate(inputs)
-        if requested is not None:
-            unknown = [n for n in requested if n not in model.output_names]
-            if unknown:
-                raise InvalidInput(f"unknown output(s) {unknown} for model {route.pipeline.name!r}")
-        # The deadline and class rank ride on the request for the priority scheduler (issue 4); the FIFO
-        # batcher does not act on them yet. A request's `timeout` only ever shortens the pipeline's deadline.
-        budget_s = route.pipeline.deadline_ms / 1000.0
-        if timeout_us:
-            budget_s = min(budget_s, timeout_us / 1e6)
-        outputs = await self.batcher.submit(
-            model.key,
-            inputs,
-            rows,
-            priority=PRIORITY_RANK[route.pipeline.priority],
-            deadline=self.batcher.now() + budget_s,
-        )
-        if requested is None:
-            return outputs
-        return {n: outputs[n] for n in requested}
+        pipeline = route.pipeline
+        start = self.batcher.now()
+        where: StatsRoute = "rejected"
+        ok = False
+        try:
+            model = route.model
+            if not model.ready:
+                raise Unavailable(f"model {model.key!r} is not ready")
+            rows = model.validate(inputs)
+            if requested is not None:
+                unknown = [n for n in requested if n not in model.output_names]
+                if unknown:
+                    raise InvalidInput(f"unknown output(s) {unknown} for model {pipeline.name!r}")
+            admission = self._admission
+            if admission is None:
+                raise Unavailable("the serving core is not started")
+            served = await admission.run(
+                pipeline,
+                model.key,
+                model.version,
+                inputs,
+                rows,
+                requested=requested,
+                rank=effective_rank(pipeline.priority, priority),
+                deadline=start + budget_s(pipeline.deadline_ms, timeout_us),
+            )
+            where, ok = served.route, True
+        except Expired:
+            where = "expired"
+            raise
+        except InferenceFailed:
+            where = "local"
+            raise
+        finally:
+            self.stats.record(pipeline.name, where, self.batcher.now() - start, ok)
+            if self._metrics is not None:
+                self._metrics.observe_route(pipeline.name, where)
+        if requested is None or served.route == "cloud":
+            return served
+        return Served({n: served.outputs[n] for n in requested}, served.route, served.pool)

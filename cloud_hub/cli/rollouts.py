@@ -152,6 +152,15 @@ def _state(state: str) -> str:
     return f"[{color}]{state}[/]" if color else state
 
 
+def _gates(spec: dict[str, Any]) -> str:
+    p99, errors = spec["max_p99_increase_pct"], spec["max_error_rate_pct"]
+    p99_text = "off" if p99 is None else f"+{p99:g}%"
+    errors_text = "off" if errors is None else f"<= {errors:g}%"
+    return (
+        f"failures <= {spec['max_failures_pct']:g}%, p99 {p99_text}, error rate {errors_text}, bake {spec['bake_s']:g}s"
+    )
+
+
 def detail_view(r: dict[str, Any]) -> Group:
     """Header, waves and devices of one rollout."""
     head = Table(show_header=False, title=f"rollout {r['id']}: {r['model']} {r['version']}")
@@ -162,11 +171,7 @@ def detail_view(r: dict[str, Any]) -> Group:
         ("state", _state(r["state"]) + (f"  ({r['reason']})" if r["reason"] else "")),
         ("wave", f"{r['wave'] + 1}/{r['waves']} ({r['phase']})"),
         ("selector", render.labels(spec["selector"])),
-        (
-            "gates",
-            f"failures <= {spec['max_failures_pct']:g}%, p99 +{spec['max_p99_increase_pct']}%, "
-            f"errors <= {spec['max_error_rate_pct']}%, bake {spec['bake_s']:g}s",
-        ),
+        ("gates", _gates(spec)),
         ("devices", _counts(r["counts"])),
     ]
     for k, v in rows:

@@ -5,4 +5,3 @@ production config), `fleet` (hub, pool, claims, agents), `rollout` (models push,
 `traffic` (the load generator), `state` + `view` (live view and summary), `scenario` (the steps), `cli` (the
 flags), `run` (signals, the workdir, the live view, --keep-running).
 """
-

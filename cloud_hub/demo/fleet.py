@@ -43,10 +43,12 @@ class AgentPlan:
     device_id: str
     labels: dict[str, str]
     pipelines: tuple[PipelinePlan, ...]
+    best_effort_queue: int | None = None  # most best-effort requests queued locally; more overflow
 
 
 # The line device runs a safety pipeline next to a best-effort one that may overflow to the pool; the burst
-# goes to its `shelf` pipeline.
+# goes to its `shelf` pipeline. It is a small box: at most 4 best-effort requests wait in its queue, the
+# rest overflow to the pool (or get a fast 503) instead of queueing towards their deadline.
 AGENTS = (
     AgentPlan(
         "line-1",
@@ -55,6 +57,7 @@ AGENTS = (
             PipelinePlan("collision", "safety", 50, rate_hz=20.0),
             PipelinePlan("shelf", "best_effort", 500, rate_hz=10.0, offload="overflow"),
         ),
+        best_effort_queue=4,
     ),
     AgentPlan("dock-1", {"site": "plant-a", "role": "dock"}, (PipelinePlan("detect", "standard", 200, rate_hz=8.0),)),
     AgentPlan("gate-1", {"site": "plant-b", "role": "gate"}, (PipelinePlan("detect", "standard", 200, rate_hz=8.0),)),
@@ -80,7 +83,8 @@ def hub_cli(hub_dir: Path, *args: str) -> list[str]:
 
 async def make_pki(sup: Supervisor, hub_dir: Path, tls_dir: Path) -> None:
     """Create the hub CA and issue the broker's server certificate from it (`cloud-hub pki broker-cert`)."""
-    await sup.run("pki", hub_cli(hub_dir, "pki", "broker-cert", "--name", "localhost", "--name", HOST, "--out", str(tls_dir)))
+    argv = hub_cli(hub_dir, "pki", "broker-cert", "--name", "localhost", "--name", HOST, "--out", str(tls_dir))
+    await sup.run("pki", argv)
 
 
 async def start_hub(sup: Supervisor, hub_dir: Path, broker_port: int) -> tuple[Child, str]:
@@ -162,6 +166,8 @@ def agent_config(plan: AgentPlan, agent_dir: Path, pool_url: str | None) -> Path
             lines.append(f'offload = "{p.offload}"')
     if pool_url is not None:
         lines += ["", "[[pools]]", 'name = "cloud"', f'url = "{pool_url}"']
+        if plan.best_effort_queue is not None:
+            lines += ["", "[scheduler.queue_limits]", f"best_effort = {plan.best_effort_queue}"]
     path = agent_dir / "agent.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

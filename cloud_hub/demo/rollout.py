@@ -56,7 +56,8 @@ async def push_models(sup: Supervisor, hub_dir: Path) -> str | None:
         pubs.mkdir(mode=0o700, exist_ok=True)
         (pubs / "zoo-signing.pub").write_bytes(ZOO_KEY.read_bytes())
     for version in ("1", "2"):
-        await sup.run(f"push-{MODEL}-v{version}", hub_cli(hub_dir, "models", "push", str(ZOO_PACKAGES / MODEL / version)))
+        package = ZOO_PACKAGES / MODEL / version
+        await sup.run(f"push-{MODEL}-v{version}", hub_cli(hub_dir, "models", "push", str(package)))
     return None
 
 

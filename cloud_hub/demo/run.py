@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from cloud_hub.demo import fleet
 from cloud_hub.demo.procs import DemoError, Supervisor
 from cloud_hub.demo.scenario import FULL, SHORT, Demo, cancel_and_wait
 from cloud_hub.demo.state import DemoState
@@ -36,6 +37,8 @@ def run_demo(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace, workdir: Path) -> int:
     started = time.monotonic()
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 132))  # logs and CI: room for the tables
     sup = Supervisor(workdir)
     live = not args.no_live and console.is_terminal
     state = DemoState()
@@ -47,32 +50,19 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
     code = 1
     summary: dict[str, Any] | None = None
     try:
-        view: AbstractContextManager[Any] = (
-            Live(get_renderable=lambda: live_view(state, demo.traffic), console=console, refresh_per_second=4)
-            if live
-            else nullcontext()
-        )
-        with view:
-            await demo.start()
-            watcher = asyncio.create_task(demo.watch())
-            try:
-                async with Traffic([t for t, _ in demo.targets()]) as traffic:
-                    demo.traffic = traffic
-                    await demo.traffic_phases(traffic)
-            finally:
-                await cancel_and_wait(watcher)
-            await demo.poll()
+        await _scenario(demo, state, console if live else None)
         summary = demo.summary(started, interrupted=False)
         console.print(summary_view(summary, demo.traffic, state))
         code = 0 if summary["ok"] else 1
         if args.keep_running:
-            _write(args.summary_json, summary)
-            print(_how_to_poke(demo), flush=True)
+            _write(args.summary_json, {**summary, "exit_code": code})
+            print(how_to_poke(demo), flush=True)
             await asyncio.Event().wait()  # until Ctrl-C / SIGTERM
     except asyncio.CancelledError:
         if not interrupted:
             raise
-        code = 130 if not args.keep_running or summary is None else code
+        if summary is None:
+            code = 130
         print(f"\ninterrupted: stopping {sum(c.alive for c in sup.children)} processes", file=sys.stderr, flush=True)
     except DemoError as exc:
         state.step(state.steps[-1].name if state.steps else "start", "failed", str(exc))
@@ -81,11 +71,29 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
     finally:
         _ignore_signals()  # a second Ctrl-C must not cut the clean-up short
         sup.stop_all()
-        if summary is None or interrupted:
+        if summary is None:
             summary = demo.summary(started, interrupted=bool(interrupted))
-        summary["exit_code"] = code
-        _write(args.summary_json, summary)
+        _write(args.summary_json, {**summary, "exit_code": code, "interrupted": bool(interrupted)})
     return code
+
+
+async def _scenario(demo: Demo, state: DemoState, live_console: Console | None) -> None:
+    """Start-up, then traffic with the rollout and the burst, under the live view if there is one."""
+    view: AbstractContextManager[Any] = (
+        Live(get_renderable=lambda: live_view(state, demo.traffic), console=live_console, refresh_per_second=4)
+        if live_console is not None
+        else nullcontext()
+    )
+    with view:
+        await demo.start()
+        watcher = asyncio.create_task(demo.watch())
+        try:
+            async with Traffic([t for t, _ in demo.targets()]) as traffic:
+                demo.traffic = traffic
+                await demo.traffic_phases(traffic)
+        finally:
+            await cancel_and_wait(watcher)
+        await demo.poll()
 
 
 class _Flag:
@@ -127,26 +135,30 @@ def _write(path: Path | None, summary: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _how_to_poke(demo: Demo) -> str:
+def how_to_poke(demo: Demo) -> str:
     """What to run against the system left up by --keep-running."""
-    device, url = next(iter(demo.agent_urls.items()))
-    token_file = demo.hub_dir / "operator-token"
+    device = fleet.BURST_DEVICE
+    url = demo.agent_urls[device]
+    body = demo.workdir / "request.json"
+    body.write_text(
+        json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [0.0] * 12288}]})
+    )
     return f"""
-The demo keeps running (Ctrl-C stops every process). Try:
+The demo keeps running; Ctrl-C stops every process. Try:
 
-  # an agent ({device}), V2 JSON body
-  curl -s {url}/v2/models/detect/infer -H 'Content-Type: application/json' \\
-    -d '{{"inputs":[{{"name":"input","shape":[1,3,64,64],"datatype":"FP32","data":'"$(python3 -c 'print([0.0]*12288)')"'}}]}}'
+  # {device}'s best-effort pipeline, V2 JSON body (the X-Edgefleet-Route header says where it ran)
+  curl -si {url}/v2/models/shelf/infer -H 'Content-Type: application/json' -d @{body}
 
-  # the same with tritonclient (pip install tritonclient[http])
+  # its safety pipeline with tritonclient (pip install 'tritonclient[http]')
   import numpy as np, tritonclient.http as http
   client = http.InferenceServerClient("{url.removeprefix("http://")}")
-  inp = http.InferInput("input", [1, 3, 64, 64], "FP32")
-  inp.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
-  print(client.infer("collision", [inp]).as_numpy("scores"))
+  image = http.InferInput("input", [1, 3, 64, 64], "FP32")
+  image.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
+  print(client.infer("collision", [image]).as_numpy("scores"))
 
-  # the hub: {demo.hub_url}  (operator token in {token_file})
-  cloud-hub --data-dir {demo.hub_dir} devices list
-  cloud-hub --data-dir {demo.hub_dir} rollouts list
-  agents: {", ".join(f"{d} {u}" for d, u in demo.agent_urls.items())}   pool: {demo.pool_url}
+  hub      {demo.hub_url}   operator token in {demo.hub_dir / "operator-token"}
+           cloud-hub --data-dir {demo.hub_dir} devices list   (also: models list, rollouts list)
+  agents   {", ".join(f"{d} {u}" for d, u in demo.agent_urls.items())}
+  pool     {demo.pool_url}
+  logs     {demo.workdir / "logs"}
 """

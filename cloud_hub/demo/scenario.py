@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.cli.client import HubClient
-from cloud_hub.demo import fleet, rollout
+from cloud_hub.demo import agentmetrics, fleet, rollout
 from cloud_hub.demo.broker import start_broker
 from cloud_hub.demo.procs import DemoError, Supervisor
 from cloud_hub.demo.state import DemoState
@@ -31,7 +31,9 @@ class Timing:
     cooldown_s: float
     bake: str
     rollout_timeout_s: float
-    burst_workers: int = 24
+    burst_workers: int = 6
+    burst_batch: int = 1
+    burst_timeout_us: int | None = None  # Triton's `timeout` parameter on burst requests (None: the pipeline's)
 
 
 FULL = Timing(steady_s=12.0, burst_s=15.0, cooldown_s=4.0, bake="3s", rollout_timeout_s=60.0)
@@ -160,21 +162,32 @@ class Demo:
     async def traffic_phases(self, traffic: Traffic) -> None:
         """Steady traffic throughout; the rollout under it; then a burst on the line device; cool down."""
         st, t = self.state, self.timing
+        traffic.epoch = asyncio.get_running_loop().time() - st.elapsed()  # misses are timed like the steps
         stop = asyncio.Event()
         streams = [asyncio.create_task(traffic.steady(target, rate, stop)) for target, rate in self.targets()]
         try:
-            st.phase = "steady traffic"
+            st.phase = traffic.phase = "steady"
             st.step("traffic", "ok", f"steady mixed traffic to {len(streams)} pipelines")
             await asyncio.sleep(t.steady_s)
-            st.phase = "rollout"
+            st.phase = traffic.phase = "rollout"
             await self.run_rollout()
-            st.phase = "burst"
+            st.phase = traffic.phase = "burst"
             await self.run_burst(traffic)
-            st.phase = "cool-down"
+            st.phase = traffic.phase = "cool-down"
             await asyncio.sleep(t.cooldown_s)
         finally:
             stop.set()
             await asyncio.gather(*streams, return_exceptions=True)
+        await self.agents_view(traffic)
+
+    async def agents_view(self, traffic: Traffic) -> None:
+        """Attach each agent's own per-pipeline counts (from its /metrics) to the generator's stats."""
+        texts = await asyncio.gather(*(agentmetrics.scrape(traffic.session, u) for u in self.agent_urls.values()))
+        by_device = dict(zip(self.agent_urls, texts, strict=True))
+        for stats in traffic.stats.values():
+            text = by_device.get(stats.target.device)
+            if text is not None:
+                stats.agent_view = agentmetrics.pipeline_view(text, stats.target.pipeline, stats.target.deadline_ms)
 
     async def run_rollout(self) -> None:
         """Roll tiny-cnn v2 out with a canary and waves, and follow it until it ends (or time runs out)."""
@@ -222,10 +235,11 @@ class Demo:
     async def run_burst(self, traffic: Traffic) -> None:
         """Closed-loop burst on the line device's best-effort pipeline: overflow goes to the pool."""
         st, t = self.state, self.timing
-        target = next(x for x, _ in self.targets() if (x.device, x.pipeline) == (fleet.BURST_DEVICE, fleet.BURST_PIPELINE))
+        burst = (fleet.BURST_DEVICE, fleet.BURST_PIPELINE)
+        target = next(x for x, _ in self.targets() if (x.device, x.pipeline) == burst)
         before = traffic.stats[target.key].routes["cloud"]
         st.step("burst", "running", f"{t.burst_workers} clients on {target.key} for {t.burst_s:.0f} s")
-        await traffic.burst(target, t.burst_workers, t.burst_s)
+        await traffic.burst(target, t.burst_workers, t.burst_s, batch=t.burst_batch, timeout_us=t.burst_timeout_us)
         offloaded = traffic.stats[target.key].routes["cloud"] - before
         if self.offload_skipped:
             st.step("burst", "ok", f"no offload: {self.offload_skipped}")
@@ -242,9 +256,7 @@ class Demo:
         pipelines = [s.to_json() for s in self.traffic.stats.values()] if self.traffic else []
         offloaded = sum(p["routes"]["cloud"] for p in pipelines)
         safety = [p for p in pipelines if p["priority"] == "safety"]
-        safety_ok = bool(safety) and all(
-            p["sent"] > 0 and p["routes"]["local"] == p["sent"] and p["missed_deadline"] == 0 for p in safety
-        )
+        safety_ok = bool(safety) and all(safety_met(p) for p in safety)
         r = st.rollout or {}
         checks: dict[str, bool | None] = {
             "3 devices provisioned": len(st.provisioned) == len(fleet.AGENTS),
@@ -279,6 +291,17 @@ class Demo:
             "steps": [s.to_json() for s in st.steps],
             "pids": self.sup.pids(),
         }
+
+
+def safety_met(p: dict[str, Any]) -> bool:
+    """Every request answered locally (as the app saw it and as the agent counted it) within the deadline the
+    agent enforces (its own latency histogram); without the agent's counts, the load generator's latencies."""
+    agent = p.get("agent")
+    local = p["sent"] > 0 and p["routes"]["local"] == p["sent"]
+    if agent is None or agent["bucket_le_ms"] != p["deadline_ms"]:
+        return bool(local and p["missed_deadline"] == 0)
+    counted = agent["requests"] == p["sent"] and agent["routes"].get("local", 0) == p["sent"]
+    return bool(local and counted and agent["within_deadline"] == p["sent"])
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:

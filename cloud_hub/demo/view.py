@@ -57,9 +57,11 @@ def pipelines_table(traffic: Traffic | None, *, live: bool = True) -> Table:
     table.add_column("p50 ms", justify="right")
     table.add_column("p99 ms", justify="right")
     table.add_column("missed", justify="right")
-    for stats in (traffic.stats.values() if traffic else []):
+    for stats in traffic.stats.values() if traffic else []:
         p50, p99 = stats.live() if live else (stats.to_json()["p50_ms"], stats.to_json()["p99_ms"])
         r = stats.routes
+        agent = stats.agent_view
+        extra = [] if live else ["-" if agent is None else f"{agent['within_deadline']}/{agent['requests']}"]
         table.add_row(
             stats.target.key,
             stats.target.priority,
@@ -72,7 +74,8 @@ def pipelines_table(traffic: Traffic | None, *, live: bool = True) -> Table:
             Text(str(r["error"]), "red" if r["error"] else ""),
             _ms(p50),
             _ms(p99),
-            Text(str(stats.missed_deadline), "red" if stats.missed_deadline and stats.target.priority == "safety" else ""),
+            Text(str(stats.missed_deadline), "red" if stats.missed_deadline else ""),
+            *extra,
         )
     return table
 
@@ -124,7 +127,8 @@ def summary_view(summary: dict[str, Any], traffic: Traffic | None, state: DemoSt
     for col in ("device", "labels", "serving"):
         devices.add_column(col)
     for device in state.devices:
-        devices.add_row(device["id"], ",".join(f"{k}={v}" for k, v in sorted(device["labels"].items())), _versions(device))
+        labels = ",".join(f"{k}={v}" for k, v in sorted(device["labels"].items()))
+        devices.add_row(device["id"], labels, _versions(device))
     parts: list[RenderableType] = [pipelines_table(traffic, live=False), timeline, devices]
     verdict = Text()
     for check, ok in summary["checks"].items():

@@ -127,8 +127,7 @@ class Dispatcher:
             report: LoadReport = _validate_report(payload)
         except ValidationError as exc:
             raise Dropped("malformed", f"invalid load report: {exc.error_count()} errors") from exc
-        if device_id != report.device_id:
-            self._check_id(device_id, report.device_id)
+        self._check_id(device_id, report.device_id)
         boot_id, seq = report.boot_id, report.seq
         if live.boot_id == boot_id and live.last_seq is not None and seq <= live.last_seq:
             self.metrics.duplicates.inc()

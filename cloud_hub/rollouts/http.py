@@ -44,7 +44,7 @@ async def create_rollout(request: web.Request) -> web.Response:
 async def list_rollouts(request: web.Request) -> web.Response:
     """Every rollout (summaries)."""
     found = await request.app[HUB_KEY].rollouts.list()
-    return web.json_response({"rollouts": [r.summary() for r in found]})
+    return web.json_response({"rollouts": found})
 
 
 @routes.get("/api/v1/rollouts/{rollout_id}")

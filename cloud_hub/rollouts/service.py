@@ -10,7 +10,7 @@ from cloud_hub.fleet.tokens import new_id
 from cloud_hub.registry.service import get_model
 from cloud_hub.rollouts import engine, observe
 from cloud_hub.rollouts import store as rstore
-from cloud_hub.rollouts.model import LIVE_STATES, Rollout, RolloutSpec, TargetDevice, plan_waves
+from cloud_hub.rollouts.model import Rollout, RolloutSpec, TargetDevice, plan_waves
 from cloud_hub.rollouts.orchestrator import Orchestrator
 from cloud_hub.store import devices
 
@@ -28,7 +28,8 @@ class RolloutService:
         async with self.store.begin() as conn:
             if await get_model(conn, spec.model, spec.version) is None:
                 raise NotFound(f"no model {spec.model!r} version {spec.version!r}: push it first")
-            busy = await rstore.ids(conn, LIVE_STATES, model=spec.model)
+            # completed_with_pending only watches for late reports: it does not block the next rollout.
+            busy = await rstore.ids(conn, ("pending", "running", "paused"), model=spec.model)
             if busy:
                 raise Conflict(f"rollout {busy[0]} of {spec.model!r} is still live: let it finish, or abort it")
             matched = [d.id for d in await devices.list_all(conn, spec.selector) if d.status == devices.ACTIVE]
@@ -54,11 +55,10 @@ class RolloutService:
         self.orchestrator.wake()
         return rollout
 
-    async def list(self) -> list[Rollout]:
-        """Every rollout, oldest first."""
+    async def list(self) -> list[dict[str, Any]]:
+        """Every rollout's summary, oldest first."""
         async with self.store.begin() as conn:
-            found = [await rstore.load(conn, i) for i in await rstore.ids(conn)]
-        return [r for r in found if r is not None]
+            return await rstore.summaries(conn)
 
     async def get(self, rollout_id: str) -> Rollout:
         """One rollout; NotFound if absent."""

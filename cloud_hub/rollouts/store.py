@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -53,7 +53,10 @@ async def load(conn: AsyncConnection, rollout_id: str, *, for_update: bool = Fal
     if row is None:
         return None
     rows = await conn.execute(select(schema.rollout_devices).where(_rd.rollout_id == rollout_id).order_by(_rd.position))
-    devices = tuple(TargetDevice(**{k: d[k] for k in _DEVICE_FIELDS}) for d in rows.mappings())
+    return _from_row(row, tuple(TargetDevice(**{k: d[k] for k in _DEVICE_FIELDS}) for d in rows.mappings()))
+
+
+def _from_row(row: Any, devices: tuple[TargetDevice, ...]) -> Rollout:
     return Rollout(
         id=row["id"],
         spec=RolloutSpec.model_validate(row["spec"]),
@@ -66,6 +69,24 @@ async def load(conn: AsyncConnection, rollout_id: str, *, for_update: bool = Fal
         updated_at=row["updated_at"],
         devices=devices,
     )
+
+
+async def summaries(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Every rollout's summary (counts per status from one GROUP BY, no device rows), oldest first."""
+    grouped = await conn.execute(
+        select(_rd.rollout_id, _rd.status, func.count(), func.max(_rd.wave)).group_by(_rd.rollout_id, _rd.status)
+    )
+    counts: dict[str, dict[str, int]] = {}
+    waves: dict[str, int] = {}
+    for rollout_id, status, n, top in grouped:
+        counts.setdefault(rollout_id, {})[status] = int(n)
+        waves[rollout_id] = max(waves.get(rollout_id, 0), int(top) + 1)
+    found = []
+    for row in (await conn.execute(select(schema.rollouts).order_by(_r.created_at, _r.id))).mappings():
+        summary = _from_row(row, ()).summary()
+        mine = counts.get(row["id"], {})
+        found.append({**summary, "counts": mine, "devices_total": sum(mine.values()), "waves": waves.get(row["id"], 0)})
+    return found
 
 
 async def ids(conn: AsyncConnection, states: Iterable[str] | None = None, model: str | None = None) -> list[str]:

@@ -22,9 +22,9 @@ STATS_KEY = web.AppKey("fleet_stats", PipelineStats)
 def attach_fleet(app: web.Application, fleet: FleetConfig, state_dir: Any, core_key: Any) -> PipelineStats:
     """Add the fleet link + telemetry to `app` as an owned background service; return the stats sink.
 
-    The serving core should call `stats.record(pipeline, route, latency_s, ok)` for every request.
+    The serving core owns the stats and calls `stats.record(pipeline, route, latency_s, ok)` for every request.
     """
-    stats = PipelineStats()
+    stats: PipelineStats = app[core_key].stats
     app[STATS_KEY] = stats
     options = FleetOptions(
         identity_dir=fleet.identity_dir,

@@ -60,7 +60,7 @@ async def _serving_ctx(app: web.Application) -> AsyncIterator[None]:
 def make_app(config: AgentConfig, *, metrics: Metrics | None = None) -> web.Application:
     """Build the agent's HTTP app; models load in the background once it starts (see STARTUP_KEY)."""
     metrics = metrics if metrics is not None else Metrics()
-    core = ServingCore(config, observer=metrics.observe_batch)
+    core = ServingCore(config, observer=metrics.observe_batch, metrics=metrics)
 
     def queue_rows() -> dict[str, int]:
         return core.batcher.queue_rows() if core.started else {}

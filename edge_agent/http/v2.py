@@ -14,11 +14,14 @@ from edge_agent.http.keys import CORE_KEY, METRICS_KEY
 from edge_agent.serving import LoadedModel
 from protocols.binary import HEADER_LENGTH, decode_request, encode_response
 
-__all__ = ["routes"]
+__all__ = ["POOL_HEADER", "ROUTE_HEADER", "ROUTE_PARAMETER", "routes"]
 
 _JSON = "application/json"
 _OCTET = "application/octet-stream"
 _UNSUPPORTED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+ROUTE_HEADER = "X-Edgefleet-Route"  # local | cloud: where the request ran
+POOL_HEADER = "X-Edgefleet-Pool"  # the pool's name, when cloud
+ROUTE_PARAMETER = "edgefleet_route"  # the same, as a V2 response parameter
 
 
 def _json(obj: object) -> web.Response:
@@ -79,15 +82,27 @@ async def infer(request: web.Request) -> web.Response:
         priority, timeout_us = _scheduling(decoded.parameters)
         wanted = decoded.outputs
         requested = None if wanted is None else [o.name for o in wanted]
-        outputs = await app[CORE_KEY].infer(route, decoded.inputs, requested, priority=priority, timeout_us=timeout_us)
+        served = await app[CORE_KEY].infer_routed(
+            route, decoded.inputs, requested, priority=priority, timeout_us=timeout_us
+        )
         binary: Any = decoded.binary_output if wanted is None else {o.name: o.binary for o in wanted}.__getitem__
         payload, length = encode_response(
-            model_name=name, model_version=route.model.version, id=decoded.id, outputs=outputs, binary=binary
+            model_name=name,
+            model_version=route.model.version,
+            id=decoded.id,
+            outputs=served.outputs,
+            binary=binary,
+            parameters={ROUTE_PARAMETER: served.route},
         )
+        headers: dict[str, str] = {ROUTE_HEADER: served.route}
+        if served.pool is not None:
+            headers[POOL_HEADER] = served.pool
         if length is None:
-            response = web.Response(body=payload, content_type=_JSON)
+            headers["Content-Type"] = _JSON
         else:
-            response = web.Response(body=payload, headers={HEADER_LENGTH: str(length), "Content-Type": _OCTET})
+            headers[HEADER_LENGTH] = str(length)
+            headers["Content-Type"] = _OCTET
+        response = web.Response(body=payload, headers=headers)
     except Exception as exc:
         response = error_response(exc)
         if response.status == 404:

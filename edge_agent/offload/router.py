@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 LATENCY_ALPHA = 0.2  # weight of a new round trip in a pool's latency EWMA
+# A latency figure older than this no longer excludes a pool: one request goes through to refresh it, so a
+# pool that was slow once is not shunned forever by the pipelines with short deadlines.
+LATENCY_STALE_S = 1.0
 
 
 class OffloadRefused(AgentError):
@@ -40,6 +43,7 @@ class Pool:
         self.breaker = breaker
         self.outstanding = 0
         self.latency_s: float | None = None
+        self.latency_at = 0.0
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -48,8 +52,9 @@ class Pool:
         """Pool name."""
         return self.endpoint.name
 
-    def observe_latency(self, seconds: float) -> None:
+    def observe_latency(self, seconds: float, now: float) -> None:
         """Fold one successful round trip into the latency EWMA."""
+        self.latency_at = now
         old = self.latency_s
         self.latency_s = seconds if old is None else old + LATENCY_ALPHA * (seconds - old)
 
@@ -128,13 +133,14 @@ class OffloadRouter:
         answer within `remaining_s` (breaker closed or half-open with a free probe slot); None if none."""
         best: Pool | None = None
         best_key = (0, 0.0)
+        now = self._clock()
         for pool in self._pools.values():
             if not pool.client.serves(model) or not pool.breaker.available():
                 continue
             if pool.outstanding >= self._config.max_outstanding:
                 continue
             latency = pool.latency_s or 0.0
-            if latency > remaining_s:
+            if latency > remaining_s and now - pool.latency_at < LATENCY_STALE_S:
                 continue
             key = (pool.outstanding, latency)
             if best is None or key < best_key:
@@ -164,8 +170,11 @@ class OffloadRouter:
         try:
             result = await pool.client.infer(pipeline.model, version, inputs, outputs, timeout_s)
         except PoolError as exc:
-            if exc.busy:
-                pool.breaker.release(probe)  # the pool is alive, only full
+            # A pool that says 503 is alive, only full; a timeout shorter than twice its usual latency says
+            # more about our remaining deadline than about the pool: neither counts against the breaker.
+            usual = pool.latency_s
+            if exc.busy or (exc.timed_out and usual is not None and timeout_s < 2 * usual):
+                pool.breaker.release(probe)
             else:
                 pool.breaker.record(False, probe)
             raise
@@ -178,7 +187,7 @@ class OffloadRouter:
                 pool.idle.set()
         elapsed = self._clock() - start
         pool.breaker.record(True, probe)
-        pool.observe_latency(elapsed)
+        pool.observe_latency(elapsed, self._clock())
         if self._metrics is not None:
             self._metrics.observe_pool_latency(pool.name, elapsed)
         return result

@@ -170,12 +170,11 @@ class Reconciler:
             self.reporter.event(
                 "warning", "pipelines.ignored", "desired pipelines are not applied yet", revision=desired.revision
             )
-        if desired.pools:
-            if self._pools is not None:
-                self._pools(desired.pools)
-            else:
-                # TODO(lead): hand pools to the offload router (edge_agent/offload) once it exists.
-                log.warning("desired revision %s names pools: no offload router to give them to", desired.revision)
+        if self._pools is not None:
+            # Empty = the locally configured pools (the sink restores them), non-empty replaces them.
+            self._pools(desired.pools)
+        elif desired.pools:
+            log.warning("desired revision %s names pools, but this agent does not offload", desired.revision)
 
     # --- one model ---------------------------------------------------------------------------------------
 

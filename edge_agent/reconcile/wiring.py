@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from edge_agent.reconcile.state import ReconcileState
 from edge_agent.reconcile.verify import pinned_keys
 from edge_agent.serving import ServingCore
 from edge_agent.store import ModelStore
+from protocols.messages import PoolEndpoint
 
 __all__ = ["build_reconciler", "safety_activity"]
 
@@ -45,6 +47,18 @@ def safety_activity(core: ServingCore, metrics: Metrics) -> tuple[int, bool]:
     return seen, queued
 
 
+def _pool_sink(core: ServingCore) -> Callable[[Sequence[PoolEndpoint]], None] | None:
+    """Desired pools to the offload router; an empty set means the pools of the local config."""
+    router = core.router
+    if router is None:
+        return None
+
+    def sink(pools: Sequence[PoolEndpoint]) -> None:
+        router.set_pools(pools or core.config.pools)
+
+    return sink
+
+
 def build_reconciler(app: web.Application, service: FleetService, identity_dir: Path, state_dir: Path) -> Reconciler:
     """A reconciler for `app`, subscribed to the service's desired state (blocking: reads files)."""
     identity = DeviceIdentity.load(identity_dir)
@@ -63,8 +77,7 @@ def build_reconciler(app: web.Application, service: FleetService, identity_dir: 
         reporter=Reporter(link, link.topics, identity.device_id),
         gate=PolicyGate(lambda: safety_activity(core, metrics)),
         ready=app[STARTUP_KEY],
-        # TODO(lead): pass the offload router's pool setter here once edge_agent/offload exists.
-        pools=None,
+        pools=_pool_sink(core),
     )
     reconciler.open()
     link.on_desired(reconciler.on_desired)

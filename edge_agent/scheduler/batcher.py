@@ -208,12 +208,13 @@ class Batcher:
             raise QueueFull(f"queue of priority class {priority} is full", retry_after_s=backlog)
         now = self._clock.time()
         future: asyncio.Future[Tensors] = self._loop.create_future()
-        request = Request(inputs, rows, future, now, rank=priority, deadline=deadline)
+        seq = next(self._seq)
+        request = Request(inputs, rows, future, now, rank=priority, deadline=deadline, seq=seq)
         queue.push(request)
         if priority == SAFETY:
             self._last_safety = now
         if deadline is not None:
-            heapq.heappush(self._expiry, (deadline, next(self._seq), queue, request))
+            heapq.heappush(self._expiry, (deadline, seq, queue, request))
             if deadline < self._expiry_at:
                 self._arm_expiry()
         self._idle.clear()
@@ -254,15 +255,15 @@ class Batcher:
             if lane in blocked:
                 continue
             best: ModelQueue | None = None
-            best_at = math.inf
+            best_seq = -1
             waiting = False
             for queue in self._queues.values():
                 head = queue.head(rank)
                 if head is None:
                     continue
                 waiting = True
-                if head.enqueued_at < best_at and self._can_hand(lane, queue, rank, head, now):
-                    best, best_at = queue, head.enqueued_at
+                if (best is None or head.seq < best_seq) and self._can_hand(lane, queue, rank, head, now):
+                    best, best_seq = queue, head.seq
             if best is not None:
                 return best, rank, lane
             if waiting:
@@ -368,7 +369,7 @@ class Batcher:
         results: list[Tensors] | BaseException,
         elapsed: float,
     ) -> None:
-        lane.completed(self._clock.time())
+        wall = lane.completed(self._clock.time())
         queue.inflight -= 1
         rows = sum(r.rows for r in batch)
         if isinstance(results, BaseException):
@@ -379,7 +380,8 @@ class Batcher:
                     error.__cause__ = results
                     request.future.set_exception(error)
         else:
-            self.estimates.observe(queue.key, rows, elapsed)
+            # Wall time on the loop clock when the lane's clock is the real loop (tests inject fake clocks).
+            self.estimates.observe(queue.key, rows, max(elapsed, wall) if self._clock is self._loop else elapsed)
             for request, result in zip(batch, results, strict=True):
                 if not request.future.done():
                     request.future.set_result(result)

@@ -9,21 +9,29 @@ __all__ = ["DEFAULT_BATCH_S", "ServiceTimes"]
 DEFAULT_BATCH_S = 0.005  # before any measurement of a model (warm-up seeds real figures at load)
 
 
+SEED_SAMPLES = 3  # the first runs of a size (warm-up) may be cold: keep the fastest of these, then EWMA
+
+
 class ServiceTimes:
     """EWMA of batch run time per model and row count; unmeasured sizes are interpolated."""
 
     def __init__(self, alpha: float = 0.2) -> None:
         self._alpha = alpha
         self._times: dict[str, dict[int, float]] = {}
+        self._counts: dict[tuple[str, int], int] = {}
         self._sizes: dict[str, list[int]] = {}
 
     def observe(self, key: str, rows: int, seconds: float) -> None:
         """Fold one measured batch duration into the estimate of (key, rows)."""
         times = self._times.setdefault(key, {})
         old = times.get(rows)
+        count = self._counts.get((key, rows), 0) + 1
+        self._counts[(key, rows)] = count
         if old is None:
             times[rows] = seconds
             bisect.insort(self._sizes.setdefault(key, []), rows)
+        elif count <= SEED_SAMPLES:
+            times[rows] = min(old, seconds)
         else:
             times[rows] = old + self._alpha * (seconds - old)
 
@@ -31,6 +39,7 @@ class ServiceTimes:
         """Drop the estimates of a model version that was unloaded."""
         self._times.pop(key, None)
         self._sizes.pop(key, None)
+        self._counts = {k: n for k, n in self._counts.items() if k[0] != key}
 
     def batch_s(self, key: str, rows: int) -> float:
         """Estimated run time of a batch of `rows` rows of model `key`."""

@@ -29,11 +29,17 @@ class Lane:
             self._head_started = now
         self._pending.append(estimate_s)
 
-    def completed(self, now: float) -> None:
-        """Record the oldest batch's completion; the next one (if any) started then."""
+    def completed(self, now: float) -> float:
+        """Record the oldest batch's completion (the next one, if any, started then); returns its wall time.
+
+        Wall time on the loop's clock includes what the thread's own timing misses under load: hand-off
+        gaps and CPU taken by the event loop (HTTP) on the same core, so admission estimates stay honest.
+        """
         if self._pending:
             self._pending.popleft()
+        wall = now - self._head_started
         self._head_started = now
+        return wall
 
     def remaining_s(self, now: float) -> float:
         """Estimated seconds until every handed batch has completed."""

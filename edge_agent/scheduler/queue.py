@@ -29,7 +29,7 @@ class Expired(Unavailable):
 class Request:
     """One caller's inputs, its class rank and absolute deadline, and the Future its answer goes to."""
 
-    __slots__ = ("deadline", "enqueued_at", "future", "inputs", "queued", "rank", "rows")
+    __slots__ = ("deadline", "enqueued_at", "future", "inputs", "queued", "rank", "rows", "seq")
 
     def __init__(
         self,
@@ -40,6 +40,7 @@ class Request:
         *,
         rank: int = 1,
         deadline: float | None = None,
+        seq: int = 0,
     ) -> None:
         self.inputs = inputs
         self.rows = rows
@@ -47,6 +48,7 @@ class Request:
         self.enqueued_at = enqueued_at
         self.rank = rank
         self.deadline = deadline
+        self.seq = seq  # arrival order across every queue of the lane (FIFO within a class)
         self.queued = True  # False once it left its queue (cut into a batch, expired, cancelled, failed)
 
 

@@ -1,0 +1,204 @@
+"""Real processes: an agent (safety + best-effort pipelines on tiny-cnn) and a standalone pool, under overload."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from agent_support import AgentProcess, Reference, sample, start_agent
+
+from edge_agent.http.v2 import ROUTE_HEADER
+from models.zoo import PACKAGES_DIR, ZOO_PUBLIC_KEY_FILE
+from protocols.binary import HEADER_LENGTH, decode_response, encode_request
+
+pytestmark = pytest.mark.slow
+
+BE_DEADLINE_S = 0.050
+BE_CLIENTS = 32  # closed loop: enough outstanding work to overflow a 50 ms deadline on this machine
+# The test checks routing and relative latency; the 50 ms safety deadline itself is the bench's business
+# (a shared 2-core CI machine cannot promise 50 ms at p99 even without load).
+SAFETY_DEADLINE_MS = 2000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_pool(port: int) -> AgentProcess:
+    args = ["serve", "--standalone", "--model-dir", str(PACKAGES_DIR), "--trust", str(ZOO_PUBLIC_KEY_FILE)]
+    return start_agent([*args, "--port", str(port), "--threads", "1"])
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A pool process and an agent process whose config names it."""
+    pool_port = free_port()
+    pool = start_pool(pool_port)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""
+state_dir = "state"
+model_dirs = ["{PACKAGES_DIR}"]
+trusted_keys = ["{ZOO_PUBLIC_KEY_FILE}"]
+expose_models = false
+
+[http]
+port = 0
+
+[runtime]
+type = "onnxruntime"
+intra_op_threads = 1
+inter_op_threads = 1
+
+[offload]
+probe_interval_s = 0.1
+[offload.breaker]
+consecutive_failures = 3
+open_s = 0.5
+
+[[pipelines]]
+name = "collision"
+model = "tiny-cnn"
+priority = "safety"
+deadline_ms = {SAFETY_DEADLINE_MS}
+
+[[pipelines]]
+name = "shelf"
+model = "tiny-cnn"
+priority = "best_effort"
+deadline_ms = {int(BE_DEADLINE_S * 1000)}
+
+[[pools]]
+name = "pool-a"
+url = "http://127.0.0.1:{pool_port}"
+"""
+    )
+    agent = start_agent(["serve", "--config", str(config)])
+    state: dict[str, Any] = {"pool": pool, "pool_port": pool_port, "agent": agent}
+    yield state
+    agent.stop()
+    state["pool"].stop()
+
+
+class Load:
+    """Closed-loop best-effort clients (enough of them to overload the device) and paced safety requests."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+        self.be = encode_request(inputs={"input": sample("tiny-cnn", 8, seed=1)})
+        self.safety = encode_request(inputs={"input": sample("tiny-cnn", 1, seed=2)})
+        self.results: list[tuple[str, int, str, float, bytes, str | None]] = []
+        self.running = True
+
+    async def post(self, name: str, body: tuple[bytes, int | None]) -> None:
+        data, length = body
+        start = time.perf_counter()
+        async with self.session.post(
+            f"{self.url}/v2/models/{name}/infer", data=data, headers={HEADER_LENGTH: str(length)}
+        ) as resp:
+            raw = await resp.read()
+            self.results.append(
+                (name, resp.status, resp.headers.get(ROUTE_HEADER, "-"), time.perf_counter() - start, raw,
+                 resp.headers.get(HEADER_LENGTH))
+            )  # fmt: skip
+
+    async def best_effort(self) -> None:
+        while self.running:
+            await self.post("shelf", self.be)
+
+    async def safety_paced(self, count: int, interval_s: float = 0.02) -> None:
+        for _ in range(count):
+            await self.post("collision", self.safety)
+            await asyncio.sleep(interval_s)
+
+    def take(self) -> list[tuple[str, int, str, float, bytes, str | None]]:
+        taken, self.results = self.results, []
+        return taken
+
+
+def p99(latencies: list[float]) -> float:
+    return float(np.percentile(latencies, 99))
+
+
+async def metric(session: aiohttp.ClientSession, url: str, pattern: str) -> float:
+    async with session.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_overload_offloads_best_effort_keeps_safety_local_and_survives_the_pool_dying(
+    rig: dict[str, Any], reference: Reference
+) -> None:
+    url = rig["agent"].url
+    connector = aiohttp.TCPConnector(limit=BE_CLIENTS + 8)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+        load = Load(session, url)
+        # Baseline: safety alone.
+        await load.safety_paced(40)
+        baseline = [r[3] for r in load.take()]
+        assert len(baseline) == 40
+        base_p99 = p99(baseline)
+
+        # Overload: best-effort clients saturate the device; overflow must go to the pool.
+        workers = [asyncio.create_task(load.best_effort()) for _ in range(BE_CLIENTS)]
+        await asyncio.sleep(0.5)
+        await load.safety_paced(60)
+        phase = load.take()
+        be = [r for r in phase if r[0] == "shelf"]
+        safety = [r for r in phase if r[0] == "collision"]
+        assert {r[1] for r in safety} == {200} and {r[2] for r in safety} == {"local"}  # never offloaded
+        cloud = [r for r in be if r[1] == 200 and r[2] == "cloud"]
+        assert cloud, f"no best-effort request was offloaded: {sorted({(r[1], r[2]) for r in be})}"
+        assert any(r[2] == "local" for r in be if r[1] == 200)
+        header, arrays = decode_response(cloud[0][4], int(cloud[0][5] or 0))
+        assert header["parameters"]["edgefleet_route"] == "cloud"
+        np.testing.assert_array_equal(arrays["scores"], reference("tiny-cnn", sample("tiny-cnn", 8, seed=1)))
+        overload_p99 = p99([r[3] for r in safety])
+
+        # The pool dies: the breaker opens, best effort gets fast 503s, safety is unaffected.
+        rig["pool"].proc.kill()
+        rig["pool"].stop()
+        await asyncio.sleep(1.0)
+        load.take()
+        await load.safety_paced(60)
+        phase = load.take()
+        assert await metric(session, url, r'^edgefleet_pool_breaker_state\{pool="pool-a"\} (\S+)$') == 2.0
+        be = [r for r in phase if r[0] == "shelf"]
+        safety = [r for r in phase if r[0] == "collision"]
+        assert {r[1] for r in safety} == {200} and {r[2] for r in safety} == {"local"}
+        rejected = [r[3] for r in be if r[1] == 503]
+        assert rejected and not [r for r in be if r[2] == "cloud"]
+        assert float(np.median(rejected)) < BE_DEADLINE_S / 2  # answered at once, not after the deadline
+        dead_p99 = p99([r[3] for r in safety])
+        # Generous: on this shared 2-core machine the test's own 32 clients, the agent and the pool share the
+        # CPU, and HTTP intake is one FIFO event loop, so safety pays for parsing best-effort bodies (measured
+        # here: p99 5 ms alone, ~50 ms under this load). Inference itself never queues behind best effort.
+        for value in (overload_p99, dead_p99):
+            assert value < max(10 * base_p99, base_p99 + 0.075), (base_p99, overload_p99, dead_p99)
+
+        # The pool returns on the same port: half-open probe, closed, traffic flows to it again.
+        rig["pool"] = start_pool(rig["pool_port"])
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            await asyncio.sleep(0.3)
+            if [r for r in load.take() if r[0] == "shelf" and r[2] == "cloud"]:
+                break
+        else:
+            pytest.fail("no best-effort request reached the restarted pool")
+        load.running = False
+        await asyncio.gather(*workers)
+        assert await metric(session, url, r'^edgefleet_pool_breaker_state\{pool="pool-a"\} (\S+)$') == 0.0
+        safety_cloud = r'^edgefleet_routes_total\{model="collision",route="cloud"\} (\S+)$'
+        assert await metric(session, url, safety_cloud) == 0.0

@@ -1,0 +1,254 @@
+"""The priority scheduler with an injected clock: strict priority across models, FIFO, batching, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.http.errors import error_response
+from edge_agent.scheduler import Batcher, QueueFull, ServiceTimes
+
+Arrays = Mapping[str, np.ndarray[Any, Any]]
+SAFETY, STANDARD, BEST_EFFORT = 0, 1, 2
+
+
+class FakeClock:
+    """Monotonic time that moves only when told; timers fire on `advance`."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[FakeTimer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object], /) -> FakeTimer:
+        timer = FakeTimer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = sorted((t for t in self.timers if t.when <= self.now and not t.cancelled), key=lambda t: t.when)
+        self.timers = [t for t in self.timers if t not in due]
+        for timer in due:
+            timer.callback()
+
+
+class FakeTimer:
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Runner:
+    """A runtime `run` shared by several models: y = x + tag, recording (tag, rows, thread) per batch.
+
+    The first batch blocks on `gate` (when set) so tests can fill the queues while the lane is busy.
+    """
+
+    def __init__(self, log: list[tuple[str, int, str]], tag: str, gate: threading.Event | None = None) -> None:
+        self.log = log
+        self.tag = tag
+        self.gate = gate
+
+    def __call__(self, inputs: Arrays) -> dict[str, np.ndarray[Any, Any]]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.log.append((self.tag, int(inputs["x"].shape[0]), threading.current_thread().name))
+        return {"y": inputs["x"] + 1}
+
+
+class FixedTimes(ServiceTimes):
+    """Service times set by the test: measured batch durations are ignored (the lane runs in microseconds)."""
+
+    def __init__(self, times: dict[str, dict[int, float]]) -> None:
+        super().__init__()
+        for key, by_rows in times.items():
+            for n, seconds in by_rows.items():
+                super().observe(key, n, seconds)
+
+    def observe(self, key: str, rows: int, seconds: float) -> None:
+        pass
+
+
+def rows(n: int, value: float = 0.0) -> dict[str, np.ndarray[Any, Any]]:
+    return {"x": np.full((n, 1), value, dtype=np.float32)}
+
+
+async def settle(rounds: int = 10) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll (real time) until the lane threads have done what `predicate` checks."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.002)
+
+
+def lane_with_blocker(batcher: Batcher, log: list[tuple[str, int, str]], gate: threading.Event) -> None:
+    """A model `block` whose batches wait on `gate`: submit one to keep the main lane busy."""
+    batcher.add_queue("block", Runner(log, "block", gate), ("x",), max_batch_size=8)
+
+
+async def test_strict_priority_across_models_and_fifo_within_class() -> None:
+    log: list[tuple[str, int, str]] = []
+    gate = threading.Event()
+    batcher = Batcher(depth=1, clock=FakeClock(), safety_lane="shared")
+    lane_with_blocker(batcher, log, gate)
+    for key in ("a", "b", "c"):
+        batcher.add_queue(key, Runner(log, key), ("x",), max_batch_size=1)
+    blocker = batcher.submit("block", rows(1), 1, priority=BEST_EFFORT)
+    await settle()
+    order = [
+        ("a", BEST_EFFORT),
+        ("b", STANDARD),
+        ("c", BEST_EFFORT),
+        ("a", STANDARD),
+        ("c", SAFETY),
+        ("b", SAFETY),
+    ]
+    futures = [batcher.submit(key, rows(1), 1, priority=rank) for key, rank in order]
+    gate.set()
+    await asyncio.gather(blocker, *futures)
+    ran = [tag for tag, _, _ in log[1:]]
+    # Safety first (FIFO: c then b), then standard (b then a), then best effort (a then c): across models.
+    assert ran == ["c", "b", "b", "a", "a", "c"]
+    await batcher.aclose()
+
+
+async def test_batches_form_within_a_model_and_class_never_across() -> None:
+    log: list[tuple[str, int, str]] = []
+    gate = threading.Event()
+    batcher = Batcher(depth=1, clock=FakeClock(), safety_lane="shared")
+    lane_with_blocker(batcher, log, gate)
+    batcher.add_queue("m", Runner(log, "m"), ("x",), max_batch_size=4)
+    batcher.add_queue("n", Runner(log, "n"), ("x",), max_batch_size=4)
+    blocker = batcher.submit("block", rows(1), 1, priority=STANDARD)
+    await settle()
+    low = [batcher.submit("m", rows(1, float(i)), 1, priority=BEST_EFFORT) for i in range(6)]
+    std = [batcher.submit("m", rows(1, 10.0 + i), 1, priority=STANDARD) for i in range(2)]
+    other = batcher.submit("n", rows(2), 2, priority=STANDARD)
+    gate.set()
+    results = await asyncio.gather(*low, *std, other)
+    await blocker
+    assert [(tag, n) for tag, n, _ in log[1:]] == [("m", 2), ("n", 2), ("m", 4), ("m", 2)]
+    for i, out in enumerate(results[:6]):
+        np.testing.assert_array_equal(out["y"], [[i + 1.0]])  # each caller gets its own rows back
+    assert batcher.queue_rows() == {"block": 0, "m": 0, "n": 0}
+    await batcher.aclose()
+
+
+async def test_bounded_class_queues_answer_503_with_retry_after() -> None:
+    log: list[tuple[str, int, str]] = []
+    gate = threading.Event()
+    batcher = Batcher(depth=1, clock=FakeClock(), limits=(2, 2, 1), safety_lane="shared")
+    lane_with_blocker(batcher, log, gate)
+    batcher.add_queue("m", Runner(log, "m"), ("x",), max_batch_size=1)
+    blocker = batcher.submit("block", rows(1), 1, priority=STANDARD)
+    await settle()
+    queued = batcher.submit("m", rows(1), 1, priority=BEST_EFFORT)
+    assert batcher.queued(BEST_EFFORT) == 1 and not batcher.has_room(BEST_EFFORT)
+    with pytest.raises(QueueFull) as info:
+        batcher.submit("m", rows(1), 1, priority=BEST_EFFORT)
+    response = error_response(info.value)
+    assert response.status == 503 and int(response.headers["Retry-After"]) >= 1
+    # Other classes have their own bound.
+    standard = [batcher.submit("m", rows(1), 1, priority=STANDARD) for _ in range(2)]
+    with pytest.raises(QueueFull):
+        batcher.submit("m", rows(1), 1, priority=STANDARD)
+    gate.set()
+    await asyncio.gather(blocker, queued, *standard)
+    assert batcher.has_room(BEST_EFFORT) and batcher.queued(STANDARD) == 0
+    await batcher.aclose()
+
+
+async def test_dedicated_safety_lane_never_waits_behind_a_running_batch() -> None:
+    log: list[tuple[str, int, str]] = []
+    gate = threading.Event()
+    batcher = Batcher(depth=2, clock=FakeClock(), safety_lane="dedicated")
+    lane_with_blocker(batcher, log, gate)
+    batcher.add_queue("s", Runner(log, "s"), ("x",), max_batch_size=8)
+    busy = [batcher.submit("block", rows(8), 8, priority=BEST_EFFORT) for _ in range(3)]
+    await settle()
+    assert batcher.inflight == 2  # running + pre-handed on the main lane
+    safety = batcher.submit("s", rows(1), 1, priority=SAFETY)
+    out = await asyncio.wait_for(safety, 5)  # answered while every best-effort batch is still blocked
+    np.testing.assert_array_equal(out["y"], [[1.0]])
+    assert log == [("s", 1, "lane-cpu-safety_0")]
+    gate.set()
+    await asyncio.gather(*busy)
+    assert {thread for tag, _, thread in log if tag == "block"} == {"lane-cpu_0"}
+    await batcher.aclose()
+
+
+async def test_shared_lane_bound_no_prehand_and_capped_batches_while_safety_active() -> None:
+    log: list[tuple[str, int, str]] = []
+    gate = threading.Event()
+    clock = FakeClock()
+    # Service times: 1 row 0.5 ms, 8 rows 4 ms (linear between), so 2 ms of work is 4 rows.
+    times = FixedTimes({"block": {1: 0.0005, 8: 0.004}})
+    batcher = Batcher(
+        depth=2, clock=clock, estimates=times, safety_lane="shared", safety_max_wait_s=0.002, safety_window_s=1.0
+    )
+    lane_with_blocker(batcher, log, gate)
+    batcher.add_queue("s", Runner(log, "s"), ("x",), max_batch_size=8)
+    # Safety inactive: full batches, pipelined two deep.
+    quiet = [batcher.submit("block", rows(8), 8, priority=BEST_EFFORT) for _ in range(3)]
+    await settle()
+    assert batcher.inflight == 2
+    gate.set()
+    await asyncio.gather(*quiet)
+    gate.clear()
+    log.clear()
+    # A safety request makes safety traffic active for safety_window_s.
+    await batcher.submit("s", rows(1), 1, priority=SAFETY)
+    busy = [batcher.submit("block", rows(1), 1, priority=BEST_EFFORT) for _ in range(16)]
+    await settle()
+    assert batcher.inflight == 1  # no lower-class batch is pre-handed: a safety arrival waits for one batch only
+    safety = batcher.submit("s", rows(1), 1, priority=SAFETY)
+    await settle()
+    assert batcher.inflight == 2  # safety is handed right behind the running batch
+    gate.set()
+    await asyncio.gather(safety, *busy)
+    tags = [(tag, n) for tag, n, _ in log]
+    assert tags[0] == ("s", 1)
+    assert tags[1] == ("block", 4) and tags[2] == ("s", 1)  # the running capped batch, then safety
+    assert all(n <= 4 for tag, n in tags if tag == "block")  # every lower batch capped to ~2 ms
+    # Once safety has been quiet for the window, batches are full again.
+    clock.advance(1.5)
+    log.clear()
+    await asyncio.gather(*(batcher.submit("block", rows(1), 1, priority=BEST_EFFORT) for _ in range(8)))
+    assert [n for _, n, _ in log] == [8]
+    await batcher.aclose()
+
+
+async def test_lower_class_never_overtakes_a_waiting_higher_class() -> None:
+    log: list[tuple[str, int, str]] = []
+    gate = threading.Event()
+    batcher = Batcher(depth=2, clock=FakeClock(), safety_lane="dedicated")
+    lane_with_blocker(batcher, log, gate)
+    batcher.add_queue("m", Runner(log, "m"), ("x",), max_batch_size=4)
+    blocker = batcher.submit("block", rows(1), 1, priority=STANDARD)
+    await settle()
+    partial = batcher.submit("m", rows(1), 1, priority=STANDARD)  # partial: waits for the lane
+    full = [batcher.submit("m", rows(4), 4, priority=BEST_EFFORT)]  # full, but lower class
+    await settle()
+    assert batcher.inflight == 1  # the full best-effort batch is not pre-handed ahead of standard
+    gate.set()
+    await asyncio.gather(blocker, partial, *full)
+    assert [(tag, n) for tag, n, _ in log] == [("block", 1), ("m", 1), ("m", 4)]
+    await batcher.aclose()
