@@ -316,8 +316,19 @@ class ServingCore:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
     def ready(self) -> bool:
-        """True once started and every loaded model is warmed up."""
-        return self.started and all(m.ready for v in self._models.values() for m in v.values())
+        """True once started and every version that serves requests is warmed up.
+
+        A version being prepared by a rollout (loaded, not yet active) does not make the server unready:
+        the active version keeps serving while the new one warms up.
+        """
+        if not self.started:
+            return False
+        for name, versions in self._models.items():
+            active = self._active.get(name)
+            model = versions.get(active) if active is not None else None
+            if model is None or not model.ready:
+                return False
+        return True
 
     # --- inference -------------------------------------------------------------------------------
 

@@ -52,7 +52,10 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
     try:
         await _scenario(demo, state, console if live else None)
         summary = demo.summary(started, interrupted=False)
-        console.print(summary_view(summary, demo.traffic, state))
+        try:
+            console.print(summary_view(summary, demo.traffic, state))
+        except Exception as exc:  # the tables read hub JSON: fall back to the JSON itself
+            print(f"(summary table: {type(exc).__name__}: {exc})\n{json.dumps(summary, indent=2, default=str)}")
         code = 0 if summary["ok"] else 1
         if args.keep_running:
             _write(args.summary_json, {**summary, "exit_code": code})

@@ -36,7 +36,7 @@ class Timing:
     burst_timeout_us: int | None = None  # Triton's `timeout` parameter on burst requests (None: the pipeline's)
 
 
-FULL = Timing(steady_s=12.0, burst_s=15.0, cooldown_s=4.0, bake="3s", rollout_timeout_s=60.0)
+FULL = Timing(steady_s=15.0, burst_s=20.0, cooldown_s=5.0, bake="3s", rollout_timeout_s=60.0)
 SHORT = Timing(steady_s=3.0, burst_s=6.0, cooldown_s=1.0, bake="1s", rollout_timeout_s=40.0)
 FINAL_ROLLOUT_STATES = ("completed", "completed_with_pending", "rolled_back", "aborted")
 

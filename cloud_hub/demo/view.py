@@ -20,10 +20,22 @@ def _ms(value: float | None) -> str:
 
 
 def _versions(device: dict[str, Any]) -> str:
-    load = device.get("last_load") or {}
-    models = load.get("models") or device.get("models") or []
-    parts = [f"{m['name']} v{m['version']}{'*' if m.get('active') else ''}" for m in models]
+    models = device.get("models") or []
+    parts = [
+        f"{m.get('name')} v{m.get('version')}{'*' if m.get('active') else ''}" for m in models if isinstance(m, dict)
+    ]
     return ", ".join(parts) or "-"
+
+
+def _rps(pipelines: object) -> float:
+    """Requests/s summed over a device's pipelines: {name: {rps}} as the hub keeps it, or LoadReport rows."""
+    rows = pipelines.values() if isinstance(pipelines, dict) else pipelines if isinstance(pipelines, list) else []
+    total = 0.0
+    for row in rows:
+        if isinstance(row, dict):
+            value = row.get("rps", row.get("requests_per_s", 0.0))
+            total += float(value) if isinstance(value, int | float) else 0.0
+    return total
 
 
 def devices_table(state: DemoState) -> Table:
@@ -34,7 +46,7 @@ def devices_table(state: DemoState) -> Table:
     rollout_rows = {d["device_id"]: d for d in (state.rollout or {}).get("devices", [])}
     for device in state.devices:
         load = device.get("last_load") or {}
-        rps = sum(p.get("requests_per_s", 0.0) for p in load.get("pipelines", []))
+        rps = _rps(load.get("pipelines"))
         cpu = (load.get("device") or {}).get("cpu_percent")
         ro = rollout_rows.get(device["id"])
         table.add_row(
@@ -105,8 +117,11 @@ def steps_panel(state: DemoState, last: int = 6) -> Panel:
 
 
 def live_view(state: DemoState, traffic: Traffic | None) -> RenderableType:
-    """Everything, for rich's Live."""
-    return Group(steps_panel(state), devices_table(state), pipelines_table(traffic), rollout_panel(state))
+    """Everything, for rich's Live; a drawing problem shows as a line, it never stops the demo."""
+    try:
+        return Group(steps_panel(state), devices_table(state), pipelines_table(traffic), rollout_panel(state))
+    except Exception as exc:  # the view reads hub JSON: an unexpected shape must not end the run
+        return Group(steps_panel(state), Text(f"(live view: {type(exc).__name__}: {exc})", "red"))
 
 
 def announce_line(step: Step) -> str:
