@@ -84,7 +84,7 @@ async def one(stream: Stream, host: str, port: int) -> None:
     stream.idle.append(conn)
 
 
-async def open_loop(stream: Stream, host: str, port: int, rate: float, until: float, tasks: set[Any]) -> None:
+async def open_loop(stream: Stream, host: str, port: int, *, rate: float, until: float, tasks: set[Any]) -> None:
     """Fire requests at a fixed rate until `until`, never waiting for answers."""
     interval = 1.0 / rate
     next_at = time.perf_counter()
@@ -104,7 +104,7 @@ async def closed_loop(stream: Stream, host: str, port: int, until: float) -> Non
         await one(stream, host, port)
 
 
-async def run(spec: dict[str, Any]) -> dict[str, Any]:
+async def run(spec: dict[str, Any], bodies: dict[str, bytes]) -> dict[str, Any]:
     """Run every stream for the duration; return per-stream figures."""
     host, duration = spec["host"], float(spec["duration_s"])
     streams: list[Stream] = []
@@ -113,12 +113,12 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     until = start + duration
     for s in spec["streams"]:
-        body = Path(s["body_file"]).read_bytes()
+        body = bodies[s["body_file"]]
         port = int(s.get("port", spec.get("port", 0)))
         stream = Stream(s["name"], build_request(host, s["path"], body, s.get("header_length")), float(s["timeout_s"]))
         streams.append(stream)
         if s.get("rate"):
-            jobs.append(open_loop(stream, host, port, float(s["rate"]), until, tasks))
+            jobs.append(open_loop(stream, host, port, rate=float(s["rate"]), until=until, tasks=tasks))
         else:
             jobs.extend(closed_loop(stream, host, port, until) for _ in range(int(s["clients"])))
     await asyncio.gather(*jobs)
@@ -142,7 +142,8 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     """Read the spec file, run, print the JSON result."""
     spec = json.loads(Path(sys.argv[1]).read_text())
-    result = asyncio.run(run(spec))
+    bodies = {s["body_file"]: Path(s["body_file"]).read_bytes() for s in spec["streams"]}
+    result = asyncio.run(run(spec, bodies))
     sys.stdout.write(json.dumps(result) + "\n")
 
 

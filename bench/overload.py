@@ -214,11 +214,14 @@ def main() -> int:
         finally:
             stop(bare)
             stop(pool)
-    return report(local, pooled, baseline, overload, fifo, metrics_offloaded)
+    return report(
+        local, pooled=pooled, baseline=baseline, overload=overload, fifo=fifo, metrics_offloaded=metrics_offloaded
+    )
 
 
 def report(
     local: float,
+    *,
     pooled: float,
     baseline: dict[str, Any],
     overload: dict[str, Any],
