@@ -59,6 +59,13 @@ class HttpConfig(_Config):
     max_body_bytes: PositiveInt = Field(
         default=64 * MiB, description="Largest request body, and largest decompressed body, in bytes (413 above)."
     )
+    token_file: Path | None = Field(
+        default=None,
+        description=(
+            "File holding a bearer token (one line, 16+ chars, chmod 600) that every route except "
+            "/v2/health/live and /v2/health/ready then requires; set it whenever host is not loopback."
+        ),
+    )
 
 
 class ModelBatching(_Config):
@@ -241,6 +248,9 @@ def load_config(path: Path) -> AgentConfig:
             "state_dir": None if config.state_dir is None else base / config.state_dir,
             "model_dirs": [base / p for p in config.model_dirs],
             "trusted_keys": [base / p for p in config.trusted_keys],
+            "http": config.http.model_copy(
+                update={"token_file": None if config.http.token_file is None else base / config.http.token_file}
+            ),
             "fleet": None
             if config.fleet is None
             else config.fleet.model_copy(update={"identity_dir": base / config.fleet.identity_dir}),

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_agent.config import AgentConfig
 from edge_agent.http import v2
+from edge_agent.http.auth import read_token, token_middleware, warn_if_exposed
 from edge_agent.http.errors import error_middleware
 from edge_agent.http.keys import CONFIG_KEY, CORE_KEY, METRICS_KEY, STARTUP_KEY
 from edge_agent.http.openapi import openapi_document
@@ -58,7 +59,12 @@ async def _serving_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(config: AgentConfig, *, metrics: Metrics | None = None) -> web.Application:
-    """Build the agent's HTTP app; models load in the background once it starts (see STARTUP_KEY)."""
+    """Build the agent's HTTP app; models load in the background once it starts (see STARTUP_KEY).
+
+    Raises ConfigError when http.token_file is set but unusable.
+    """
+    token = None if config.http.token_file is None else read_token(config.http.token_file)
+    warn_if_exposed(config.http.host, token)
     metrics = metrics if metrics is not None else Metrics()
     core = ServingCore(config, observer=metrics.observe_batch, metrics=metrics)
 
@@ -69,7 +75,8 @@ def make_app(config: AgentConfig, *, metrics: Metrics | None = None) -> web.Appl
         return {m.key: m.ready for versions in core.models().values() for m in versions.values()}
 
     metrics.watch(queue_rows, model_ready)
-    app = web.Application(client_max_size=config.http.max_body_bytes, middlewares=[error_middleware])
+    middlewares = [error_middleware] if token is None else [error_middleware, token_middleware(token)]
+    app = web.Application(client_max_size=config.http.max_body_bytes, middlewares=middlewares)
     app[CONFIG_KEY] = config
     app[CORE_KEY] = core
     app[METRICS_KEY] = metrics

@@ -129,7 +129,8 @@ async def test_rollout_over_three_devices_completes_with_retained_growing_revisi
         assert [r["state"] for r in listed["rollouts"]] == ["completed", "completed"]
     finally:
         for sim in sims:
-            sim.client.close()
+            # Off the loop: a device thread may be waiting on the hub, which runs on this loop.
+            await asyncio.to_thread(sim.client.close)
 
     # Retained: a device that connects now gets its latest desired state at once.
     again = await asyncio.to_thread(DeviceClient, hub_broker, api.cafile, certs["dev-1"], "dev-1")
@@ -143,4 +144,4 @@ async def test_rollout_over_three_devices_completes_with_retained_growing_revisi
         await until(lambda: len(sim.desired) == 2, what="republished desired")
         assert sim.desired[1].revision == 2
     finally:
-        again.close()
+        await asyncio.to_thread(again.close)
