@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from cloud_hub.api.keys import HUB_KEY
+from cloud_hub.api.openapi import OPENAPI_PATH, openapi_document
 from cloud_hub.errors import InvalidRequest
 from protocols.messages import ProvisionRequest
 
@@ -52,6 +53,12 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
     body = request.app[HUB_KEY].metrics.render()
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
+@routes.get(OPENAPI_PATH)
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this API."""
+    return web.json_response(openapi_document())
 
 
 @routes.get("/api/v1/ca")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the hub (HTTPS API, provisioning, MQTT ingest)")
-    serve.add_argument("--db", help="database URL: sqlite:///PATH (default in the data dir) or postgresql://...")
+    serve.add_argument(
+        "--db",
+        default=os.environ.get("EDGEFLEET_HUB_DB"),
+        help="database URL: sqlite:///PATH (default in the data dir) or postgresql://... "
+        "(env EDGEFLEET_HUB_DB: preferred, it keeps the password off the command line)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="HTTPS bind address")
     serve.add_argument("--port", type=int, default=8443, help="HTTPS port")
     serve.add_argument("--public-url", help="https://host:port that devices use (default from --host/--port)")

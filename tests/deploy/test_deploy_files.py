@@ -262,7 +262,9 @@ def test_compose_commands_use_real_flags() -> None:
     services = _compose()["services"]
     hub = [_interpolate(str(a)) for a in services["hub"]["command"]]
     _assert_flags_exist("cloud_hub", hub)
-    assert hub[hub.index("--db") + 1].startswith("postgresql://") and "@postgres:5432/" in hub[hub.index("--db") + 1]
+    assert "--db" not in hub, "the database URL (with its password) must not be on the command line"
+    db_url = _interpolate(str(services["hub"]["environment"]["EDGEFLEET_HUB_DB"]))
+    assert db_url.startswith("postgresql://") and "@postgres:5432/" in db_url
     pool = [str(a) for a in services["pool"]["command"]]
     _assert_flags_exist("edge_agent", pool)
     assert "--standalone" in pool and pool[pool.index("--host") + 1] == "0.0.0.0"
@@ -417,8 +419,8 @@ def test_hub_deployment_is_replicated_hardened_and_probed() -> None:
     _assert_flags_exist("cloud_hub", args)
     assert args[args.index("--port") + 1] == str(ports["https"])
     env = {e["name"]: e for e in hub["env"]}
-    db_arg = hub["args"][hub["args"].index("--db") + 1]
-    assert env[db_arg.strip("$()")]["valueFrom"]["secretKeyRef"], "the database URL comes from a Secret"
+    assert "--db" not in hub["args"], "the database URL (with its password) must not be on the command line"
+    assert env["EDGEFLEET_HUB_DB"]["valueFrom"]["secretKeyRef"], "the database URL comes from a Secret"
     mounts = {m["name"] for c in pod["containers"] + pod["initContainers"] for m in c["volumeMounts"]}
     assert mounts <= {v["name"] for v in pod["volumes"]}
 
