@@ -301,6 +301,21 @@ class ServingCore:
             raise NotFound(f"model {name!r} has no version {version!r}")
         return Route(spec, model)
 
+    def shed(self, route: Route) -> None:
+        """Pre-admission before the body is read: Rejected (503) if the request cannot run locally in time
+        and no pool can take it, whatever its body says; counted as rejected like any other refusal."""
+        admission = self._admission
+        if admission is None or not route.model.ready:
+            return  # the full path reports these
+        pipeline = route.pipeline
+        rejected = admission.shed(pipeline, route.model.key, self.batcher.now() + pipeline.deadline_ms / 1000.0)
+        if rejected is None:
+            return
+        self.stats.record(pipeline.name, "rejected", 0.0, False)
+        if self._metrics is not None:
+            self._metrics.observe_route(pipeline.name, "rejected")
+        raise rejected
+
     def versions(self, route: Route) -> list[str]:
         """Versions a V2 model name can be called with."""
         if route.pipeline.version is not None:

@@ -74,15 +74,19 @@ async def infer(request: web.Request) -> web.Response:
     label = name
     try:
         header_length = _header_length(request.headers.get(HEADER_LENGTH))
+        core = app[CORE_KEY]
+        # Shed doomed requests before reading their body, so overload costs little loop time. aiohttp reads
+        # and discards an unread body after the response (lingering, keep-alive kept), without buffering it.
+        core.shed(core.route(name, request.match_info.get("version")))
         body = await request.read()
         # Resolved after the last await before queueing, so a version switch never strands a request.
-        route = app[CORE_KEY].route(name, request.match_info.get("version"))
+        route = core.route(name, request.match_info.get("version"))
         raw = _raw_input(route.model) if header_length == 0 else None
         decoded = decode_request(body, header_length, raw_input=raw)
         priority, timeout_us = _scheduling(decoded.parameters)
         wanted = decoded.outputs
         requested = None if wanted is None else [o.name for o in wanted]
-        served = await app[CORE_KEY].infer_routed(
+        served = await core.infer_routed(
             route, decoded.inputs, requested, priority=priority, timeout_us=timeout_us
         )
         binary: Any = decoded.binary_output if wanted is None else {o.name: o.binary for o in wanted}.__getitem__

@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_agent.errors import Unavailable
 from edge_agent.offload.client import PoolError
-from edge_agent.scheduler.batcher import Batcher
+from edge_agent.scheduler.batcher import SAFETY, Batcher
 from edge_agent.scheduler.queue import CLASSES, Expired, Tensors
 from protocols.pipeline import PRIORITY_RANK, PipelineSpec
 
@@ -71,6 +71,34 @@ class Admission:
         batcher = self._batcher
         estimate = batcher.estimate_s(key, rows, rank)
         return batcher.has_room(rank) and batcher.now() + estimate + self._margin_s <= deadline, estimate
+
+    def shed(self, pipeline: PipelineSpec, key: str, deadline: float) -> Rejected | None:
+        """Pre-admission, before the body is read: a Rejected if the request is doomed whatever it carries.
+
+        Judged at the pipeline's own class with one row, the most favourable case (a request's `priority` may
+        only lower its class, its `timeout` only shorten its deadline, and more rows only add work): every
+        class it could use is full or the estimated wait already misses the deadline, and no pool can take
+        it. Safety is never shed here: it always gets the full admission check.
+        """
+        rank = PRIORITY_RANK[pipeline.priority]
+        if rank == SAFETY:
+            return None
+        batcher = self._batcher
+        now = batcher.now()
+        full = not any(batcher.has_room(r) for r in range(rank, CLASSES))
+        estimate = batcher.estimate_s(key, 1, rank)
+        if not full and now + estimate + self._margin_s <= deadline:
+            return None
+        router = self._router
+        if pipeline.effective_offload == "overflow" and router is not None:
+            if router.pick(pipeline.model, deadline - now) is not None:
+                return None
+        reason = "queue full" if full else f"estimated {estimate * 1000.0:.1f} ms locally"
+        return Rejected(
+            f"deadline cannot be met: {reason}, {(deadline - now) * 1000.0:.1f} ms left, "
+            "and no cloud pool can take it",
+            retry_after_s=estimate,
+        )
 
     async def run(
         self,
