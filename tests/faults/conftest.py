@@ -7,9 +7,10 @@ The suite reuses the end-to-end rig (tests/e2e/rollout_support.py) and the agent
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 _TESTS = Path(__file__).resolve().parents[1]
@@ -18,6 +19,8 @@ for _folder in ("e2e", "edge_agent"):
         sys.path.insert(0, str(_TESTS / _folder))
 
 from fault_support import FaultRig  # noqa: E402  # needs the path above
+
+from cloud_hub.demo.procs import Supervisor  # noqa: E402
 
 
 @pytest_asyncio.fixture
@@ -32,3 +35,14 @@ async def frig(tmp_path: Path) -> AsyncIterator[FaultRig]:
     finally:
         rig.stop()
     rig.assert_no_leftovers()
+
+
+@pytest.fixture
+def sup(tmp_path: Path) -> Iterator[Supervisor]:
+    """A Supervisor for tests that need no broker or hub; fails the test if a child survives it."""
+    supervisor = Supervisor(tmp_path, grace_s=5.0)
+    try:
+        yield supervisor
+    finally:
+        supervisor.stop_all()
+    assert not [c.name for c in supervisor.children if c.alive], "processes left behind"

@@ -204,6 +204,7 @@ def agent_toml(
     pipelines: Sequence[Pipe],
     *,
     pool_url: str | None = None,
+    fleet_link: bool = True,
     fleet_extra: Sequence[str] = (),
     extra: Sequence[str] = (),
 ) -> Path:
@@ -227,12 +228,10 @@ def agent_toml(
         'type = "onnxruntime"',
         "intra_op_threads = 1",
         "inter_op_threads = 1",
-        "",
-        "[fleet]",
-        'identity_dir = "identity"',
-        *fleet_extra,
-        *extra,
     ]
+    if fleet_link:
+        lines += ["", "[fleet]", 'identity_dir = "identity"', *fleet_extra]
+    lines += list(extra)
     for p in pipelines:
         lines += ["", "[[pipelines]]", f'name = "{p.name}"', f'model = "{fleet.MODEL}"', f'priority = "{p.priority}"']
         lines.append(f"deadline_ms = {p.deadline_ms}")
