@@ -245,8 +245,8 @@ def main_controller(agents: int, concurrency: int) -> str:
         data_dir = tmp / "hub"
         db_url = f"sqlite:///{tmp}/hub.db"
         asyncio.run(_prepare(data_dir, db_url, agents))
-        broker = Mosquitto("plain", tmp / "broker", verbose_log=False,
-                           extra_config=["max_queued_messages 0", "max_queued_bytes 0", "max_inflight_messages 0"])  # fmt: skip
+        unbounded = ["max_queued_messages 0", "max_queued_bytes 0", "max_inflight_messages 0"]
+        broker = Mosquitto("plain", tmp / "broker", verbose_log=False, extra_config=unbounded)
         with broker:
             http_port = free_port()
             hub = _spawn("--role", "hub", "--port", str(broker.port), "--http-port", str(http_port),
@@ -295,7 +295,8 @@ def main_controller(agents: int, concurrency: int) -> str:
                     hub.wait(30)
                 except subprocess.TimeoutExpired:
                     hub.kill()
-    return f"rollout: agents={agents} converge_s={converge_s:.2f} raw_transfer_s={raw_s:.2f} converge/raw={converge_s / raw_s:.2f}"
+    ratio = converge_s / raw_s
+    return f"rollout: agents={agents} converge_s={converge_s:.2f} raw_transfer_s={raw_s:.2f} converge/raw={ratio:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,8 @@ class MqttLink:
         self._closing = False
         self.connect_attempts = 0
         self.connections = 0
+        self.received_desired = 0
+        self.cleared_desired = 0
         self.malformed_desired = 0
         self.dropped_desired = 0
         self.callback_errors = 0
@@ -289,6 +291,7 @@ class MqttLink:
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         if not message.payload:
+            self.cleared_desired += 1
             log.info("retained desired state on %s was cleared", message.topic)
             return
         try:
@@ -299,6 +302,7 @@ class MqttLink:
             self.malformed_desired += 1
             log.warning("malformed desired state on %s dropped: %s", message.topic, str(exc)[:500])
             return
+        self.received_desired += 1
         try:
             self._desired.put_nowait(desired)
         except asyncio.QueueFull:

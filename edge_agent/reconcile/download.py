@@ -116,6 +116,9 @@ class Downloader:
 
     async def fetch(self, model: DesiredModel, progress: Progress | None = None) -> Path:
         """The path of the complete artifact, downloading (or resuming) it as needed."""
+        if not model.url.lower().startswith("https://"):
+            # Artifacts come from the hub over TLS with the device certificate; never plain HTTP or file://.
+            raise DownloadError(f"artifact URL {model.url[:200]!r} is not https://", permanent=True)
         final = self.final_path(model.sha256)
         if await asyncio.to_thread(final.is_file):
             return final

@@ -75,6 +75,7 @@ class Reconciler:
         self._worker: asyncio.Task[None] | None = None
         self._reports: dict[str, ModelReport] = {}
         self.converged = asyncio.Event()
+        self.stale_revisions = 0  # desired states at or below the current revision, ignored (metrics)
 
     # --- life cycle ----------------------------------------------------------------------------------
 
@@ -126,6 +127,7 @@ class Reconciler:
         """Accept a newer revision: persist it, then (re)start reconciliation; older ones are ignored."""
         current = self._desired
         if current is not None and desired.revision <= current.revision:
+            self.stale_revisions += 1
             log.debug("desired revision %s ignored (have %s)", desired.revision, current.revision)
             return
         await asyncio.to_thread(self.state.save_desired, desired)

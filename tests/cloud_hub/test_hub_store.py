@@ -185,7 +185,7 @@ async def test_telemetry_batches_skip_duplicates_and_prune(db_url: str) -> None:
 async def test_schema_version_table_exists_with_rows(db_url: str) -> None:
     async with Store(db_url) as store, store.begin() as conn:
         await conn.execute(insert(schema.api_tokens).values(id="t", name="n", token_hash="x", created_at=1.0))
-        assert await conn.run_sync(versions_sync) == [1]
+        assert await conn.run_sync(versions_sync) == [m.version for m in MIGRATIONS]
 
 
 def test_bad_database_urls_are_refused() -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from hub_support import hub_config
 from hub_devices import TOPICS, DeviceClient, birth, provision, write_identity
+from hub_support import hub_config
 from rig import Mosquitto
 from test_hub_api import Api
 from test_hub_ingest import until

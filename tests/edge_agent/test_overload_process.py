@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
+import queue
 import re
 import socket
 import time
@@ -26,8 +29,10 @@ BE_DEADLINE_S = 0.050
 # clients with 8-row requests against a best-effort queue of BE_QUEUE requests, so the local queue stays full
 # and the rest must overflow (or be shed). Not an HTTP flood beyond what one Python loop can parse: that
 # would measure the test's and the agent's HTTP stacks on 2 shared cores, not the scheduler.
-BE_CLIENTS = 12
+BE_CLIENTS = 8
+BE_BACKOFF_S = 0.01  # after a 503, as a client honouring it would (bounds the dead-pool phase's request rate)
 BE_QUEUE = 4
+SAFETY_SAMPLES = 100  # per phase, every 20 ms: a p99 that one scheduling hiccup of this shared machine cannot make
 # The test checks routing and relative latency; the 50 ms safety deadline itself is the bench's business
 # (a shared 2-core CI machine cannot promise 50 ms at p99 even without load).
 SAFETY_DEADLINE_MS = 2000
@@ -98,40 +103,78 @@ url = "http://127.0.0.1:{pool_port}"
     state["pool"].stop()
 
 
+Result = tuple[str, int, str, float, bytes, str | None]  # name, status, route, seconds, body, header length
+
+
+async def post(session: aiohttp.ClientSession, url: str, name: str, body: tuple[bytes, int | None]) -> Result:
+    data, length = body
+    start = time.perf_counter()
+    async with session.post(f"{url}/v2/models/{name}/infer", data=data, headers={HEADER_LENGTH: str(length)}) as resp:
+        raw = await resp.read()
+        route = resp.headers.get(ROUTE_HEADER, "-")
+        return name, resp.status, route, time.perf_counter() - start, raw, resp.headers.get(HEADER_LENGTH)
+
+
+async def best_effort_clients(url: str, results: Any, stop: Any) -> None:
+    """BE_CLIENTS closed loops of 8-row requests until `stop` is set; every answer goes to `results`."""
+    body = encode_request(inputs={"input": sample("tiny-cnn", 8, seed=1)})
+    connector = aiohttp.TCPConnector(limit=BE_CLIENTS)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+        async def client() -> None:
+            while not stop.is_set():
+                try:
+                    result = await post(session, url, "shelf", body)
+                except (aiohttp.ClientError, TimeoutError):
+                    result = ("shelf", 0, "-", 0.0, b"", None)
+                results.put(result)
+                if result[1] != 200:
+                    await asyncio.sleep(BE_BACKOFF_S)
+
+        await asyncio.gather(*(client() for _ in range(BE_CLIENTS)))
+
+
+def best_effort_process(url: str, results: Any, stop: Any) -> None:
+    """The best-effort load in a process of its own, so the safety client's loop measures only the agent."""
+    asyncio.run(best_effort_clients(url, results, stop))
+
+
 class Load:
-    """Closed-loop best-effort clients (enough of them to overload the device) and paced safety requests."""
+    """Best-effort load in a child process (enough to overload the device) and paced safety requests here."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
         self.session = session
         self.url = url
-        self.be = encode_request(inputs={"input": sample("tiny-cnn", 8, seed=1)})
         self.safety = encode_request(inputs={"input": sample("tiny-cnn", 1, seed=2)})
-        self.results: list[tuple[str, int, str, float, bytes, str | None]] = []
-        self.running = True
+        self.results: list[Result] = []
+        ctx = multiprocessing.get_context("spawn")
+        self._be_results: Any = ctx.Queue()
+        self._stop = ctx.Event()
+        self._process = ctx.Process(target=best_effort_process, args=(url, self._be_results, self._stop), daemon=True)
 
-    async def post(self, name: str, body: tuple[bytes, int | None]) -> None:
-        data, length = body
-        start = time.perf_counter()
-        async with self.session.post(
-            f"{self.url}/v2/models/{name}/infer", data=data, headers={HEADER_LENGTH: str(length)}
-        ) as resp:
-            raw = await resp.read()
-            self.results.append(
-                (name, resp.status, resp.headers.get(ROUTE_HEADER, "-"), time.perf_counter() - start, raw,
-                 resp.headers.get(HEADER_LENGTH))
-            )  # fmt: skip
+    def start_best_effort(self) -> None:
+        self._process.start()
 
-    async def best_effort(self) -> None:
-        while self.running:
-            await self.post("shelf", self.be)
+    def stop_best_effort(self) -> None:
+        if self._process.pid is None:
+            return
+        self._stop.set()
+        self.take()
+        self._process.join(15)
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
 
     async def safety_paced(self, count: int, interval_s: float = 0.02) -> None:
         for _ in range(count):
-            await self.post("collision", self.safety)
+            self.results.append(await post(self.session, self.url, "collision", self.safety))
             await asyncio.sleep(interval_s)
 
-    def take(self) -> list[tuple[str, int, str, float, bytes, str | None]]:
+    def take(self) -> list[Result]:
         taken, self.results = self.results, []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                taken.append(self._be_results.get_nowait())
         return taken
 
 
@@ -150,68 +193,71 @@ async def test_overload_offloads_best_effort_keeps_safety_local_and_survives_the
     rig: dict[str, Any], reference: Reference
 ) -> None:
     url = rig["agent"].url
-    connector = aiohttp.TCPConnector(limit=BE_CLIENTS + 8)
+    connector = aiohttp.TCPConnector(limit=4)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
         load = Load(session, url)
-        # Baseline: safety alone.
-        await load.safety_paced(40)
-        baseline = [r[3] for r in load.take()]
-        assert len(baseline) == 40
-        base_p99 = p99(baseline)
+        try:
+            # Baseline: safety alone.
+            await load.safety_paced(SAFETY_SAMPLES)
+            baseline = [r[3] for r in load.take()]
+            assert len(baseline) == SAFETY_SAMPLES
+            base_p99 = p99(baseline)
 
-        # Overload: best-effort clients saturate the device; overflow must go to the pool.
-        workers = [asyncio.create_task(load.best_effort()) for _ in range(BE_CLIENTS)]
-        await asyncio.sleep(0.5)
-        await load.safety_paced(60)
-        phase = load.take()
-        be = [r for r in phase if r[0] == "shelf"]
-        safety = [r for r in phase if r[0] == "collision"]
-        assert {r[1] for r in safety} == {200} and {r[2] for r in safety} == {"local"}  # never offloaded
-        cloud = [r for r in be if r[1] == 200 and r[2] == "cloud"]
-        assert cloud, f"no best-effort request was offloaded: {sorted({(r[1], r[2]) for r in be})}"
-        assert any(r[2] == "local" for r in be if r[1] == 200)
-        header, arrays = decode_response(cloud[0][4], int(cloud[0][5] or 0))
-        assert header["parameters"]["edgefleet_route"] == "cloud"
-        np.testing.assert_array_equal(arrays["scores"], reference("tiny-cnn", sample("tiny-cnn", 8, seed=1)))
-        overload_p99 = p99([r[3] for r in safety])
+            # Overload: best-effort clients saturate the device; overflow must go to the pool.
+            load.start_best_effort()
+            await asyncio.sleep(1.5)  # the child starts (spawn) and fills the local queue
+            load.take()
+            await load.safety_paced(SAFETY_SAMPLES)
+            phase = load.take()
+            be = [r for r in phase if r[0] == "shelf"]
+            safety = [r for r in phase if r[0] == "collision"]
+            assert {r[1] for r in safety} == {200} and {r[2] for r in safety} == {"local"}  # never offloaded
+            cloud = [r for r in be if r[1] == 200 and r[2] == "cloud"]
+            assert cloud, f"no best-effort request was offloaded: {sorted({(r[1], r[2]) for r in be})}"
+            assert any(r[2] == "local" for r in be if r[1] == 200)
+            header, arrays = decode_response(cloud[0][4], int(cloud[0][5] or 0))
+            assert header["parameters"]["edgefleet_route"] == "cloud"
+            np.testing.assert_array_equal(arrays["scores"], reference("tiny-cnn", sample("tiny-cnn", 8, seed=1)))
+            overload_p99 = p99([r[3] for r in safety])
 
-        # The pool dies: the breaker opens, best effort gets fast 503s, safety is unaffected.
-        rig["pool"].proc.kill()
-        rig["pool"].stop()
-        await asyncio.sleep(1.0)
-        load.take()
-        await load.safety_paced(60)
-        phase = load.take()
-        assert await metric(session, url, r'^edgefleet_pool_breaker_state\{pool="pool-a"\} (\S+)$') == 2.0
-        be = [r for r in phase if r[0] == "shelf"]
-        safety = [r for r in phase if r[0] == "collision"]
-        assert {r[1] for r in safety} == {200} and {r[2] for r in safety} == {"local"}
-        assert not [r for r in be if r[2] == "cloud"]
-        # Those that cannot make it are rejected at admission, at once; others may still expire in the queue
-        # when the estimate was optimistic (answered 503 at their deadline, never run).
-        rejected = [r[3] for r in be if r[1] == 503 and b"cannot be met" in r[4]]
-        assert rejected and {r[1] for r in be} <= {200, 503}
-        # Admission answers at once; what the client sees is mostly HTTP queueing on the agent's one event loop
-        # with 32 clients hammering it (measured ~30 ms here): before the deadline, never after it.
-        assert float(np.median(rejected)) < BE_DEADLINE_S * 0.8, rejected
-        dead_p99 = p99([r[3] for r in safety])
-        # Generous: on this shared 2-core machine the test's own 32 clients, the agent and the pool share the
-        # CPU, and HTTP intake is one FIFO event loop, so safety pays for parsing best-effort bodies (measured
-        # here: p99 5 ms alone, ~50 ms under this load). Inference itself never queues behind best effort.
-        for value in (overload_p99, dead_p99):
-            assert value < max(10 * base_p99, base_p99 + 0.075), (base_p99, overload_p99, dead_p99)
+            # The pool dies: the breaker opens, best effort gets fast 503s, safety is unaffected.
+            rig["pool"].proc.kill()
+            rig["pool"].stop()
+            await asyncio.sleep(1.0)
+            load.take()
+            await load.safety_paced(SAFETY_SAMPLES)
+            phase = load.take()
+            assert await metric(session, url, r'^edgefleet_pool_breaker_state\{pool="pool-a"\} (\S+)$') == 2.0
+            be = [r for r in phase if r[0] == "shelf"]
+            safety = [r for r in phase if r[0] == "collision"]
+            assert {r[1] for r in safety} == {200} and {r[2] for r in safety} == {"local"}
+            assert not [r for r in be if r[2] == "cloud"]
+            # Those that cannot make it are rejected at admission, at once; others may still expire in the queue
+            # when the estimate was optimistic (answered 503 at their deadline, never run).
+            rejected = [r[3] for r in be if r[1] == 503 and b"cannot be met" in r[4]]
+            assert rejected and {r[1] for r in be} <= {200, 503}
+            # Admission answers at once; what the client sees is mostly HTTP queueing on the agent's one event loop
+            # with 32 clients hammering it (measured ~30 ms here): before the deadline, never after it.
+            assert float(np.median(rejected)) < BE_DEADLINE_S * 0.8, rejected
+            dead_p99 = p99([r[3] for r in safety])
+            print("DBG", base_p99, overload_p99, dead_p99, len(be), float(np.median(rejected)), max(rejected))  # DBG
+            # Generous: on this shared 2-core machine the test's own 32 clients, the agent and the pool share the
+            # CPU, and HTTP intake is one FIFO event loop, so safety pays for parsing best-effort bodies (measured
+            # here: p99 5 ms alone, ~50 ms under this load). Inference itself never queues behind best effort.
+            for value in (overload_p99, dead_p99):
+                assert value < max(10 * base_p99, base_p99 + 0.075), (base_p99, overload_p99, dead_p99)
 
-        # The pool returns on the same port: half-open probe, closed, traffic flows to it again.
-        rig["pool"] = start_pool(rig["pool_port"])
-        end = time.monotonic() + 15
-        while time.monotonic() < end:
-            await asyncio.sleep(0.3)
-            if [r for r in load.take() if r[0] == "shelf" and r[2] == "cloud"]:
-                break
-        else:
-            pytest.fail("no best-effort request reached the restarted pool")
-        load.running = False
-        await asyncio.gather(*workers)
+            # The pool returns on the same port: half-open probe, closed, traffic flows to it again.
+            rig["pool"] = start_pool(rig["pool_port"])
+            end = time.monotonic() + 15
+            while time.monotonic() < end:
+                await asyncio.sleep(0.3)
+                if [r for r in load.take() if r[0] == "shelf" and r[2] == "cloud"]:
+                    break
+            else:
+                pytest.fail("no best-effort request reached the restarted pool")
+        finally:
+            load.stop_best_effort()
         assert await metric(session, url, r'^edgefleet_pool_breaker_state\{pool="pool-a"\} (\S+)$') == 0.0
         safety_cloud = r'^edgefleet_routes_total\{model="collision",route="cloud"\} (\S+)$'
         assert await metric(session, url, safety_cloud) == 0.0
