@@ -24,6 +24,7 @@ from pathlib import Path
 
 from edge_agent.config import AgentConfig
 from edge_agent.errors import NotFound, StoreError
+from models.atomic import fsync_dir
 from models.errors import PackageError
 from models.package import ModelPackage, open_package, package_sha256, verify_package
 from models.signing import Ed25519PublicKey, load_trusted_keys
@@ -60,14 +61,6 @@ def find_packages(root: Path) -> Iterator[Path]:
         yield manifest.parent
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
@@ -76,7 +69,7 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 class ModelStore:
@@ -177,7 +170,7 @@ class ModelStore:
                 verify_package(copy, trusted_keys, require_signature=True)
             _fsync_tree(tmp)
             os.rename(tmp, final)
-            _fsync_dir(model_dir)
+            fsync_dir(model_dir)
         except PackageError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(f"package {name}:{version} from {str(source)!r} failed verification: {exc}") from exc
@@ -233,7 +226,7 @@ class ModelStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_dir(model_dir)
+        fsync_dir(model_dir)
 
     def _model_dir(self, name: str) -> Path:
         if not is_safe_name(name):

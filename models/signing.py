@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from models.atomic import write_atomic
 from models.errors import KeyFileError, SignatureInvalid, UnknownKey
 from protocols.manifest import Manifest
 from protocols.signature import ManifestSignature
@@ -54,39 +54,17 @@ def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to a temp file in the same directory, fsync, chmod, and rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file 0600, so a private key is never readable by others, even briefly.
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def save_private_key(private_key: Ed25519PrivateKey, path: str | os.PathLike[str]) -> None:
     """Write the private key as unencrypted PKCS8 PEM, atomically, with mode 0600."""
     pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_atomic(Path(path), pem, 0o600)
+    write_atomic(Path(path), pem, 0o600)
 
 
 def save_public_key(public_key: Ed25519PublicKey, path: str | os.PathLike[str]) -> None:
     """Write the public key as PEM, atomically, with mode 0644."""
-    _write_atomic(Path(path), public_key_pem(public_key), 0o644)
+    write_atomic(Path(path), public_key_pem(public_key), 0o644)
 
 
 def _read(path: Path) -> bytes:

@@ -37,7 +37,6 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from edge_agent.fleet.errors import FleetError, ProvisionError
-from edge_agent.fleet.files import fsync_dir
 from edge_agent.fleet.identity import (
     CA_FILE,
     CERT_FILE,
@@ -47,6 +46,7 @@ from edge_agent.fleet.identity import (
     SIGNING_DIR,
     DeviceIdentity,
 )
+from models.atomic import fsync_dir
 from protocols.messages import HardwareSummary, ProvisionRequest, ProvisionResponse
 
 log = logging.getLogger(__name__)

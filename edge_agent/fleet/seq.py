@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from edge_agent.fleet.files import write_atomic
+from models.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.fleet.errors import FleetError
-from edge_agent.fleet.files import fsync_dir
+from models.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edge_agent.fleet.config import FleetConfig
-from edge_agent.fleet.service import FleetOptions, FleetService
 from edge_agent.fleet.mqtt_link import MqttLink
+from edge_agent.fleet.service import FleetOptions, FleetService
 from edge_agent.fleet.stats import PipelineStats
 from edge_agent.http.keys import METRICS_KEY
 from protocols.messages import InstalledModel
@@ -48,7 +48,9 @@ class LinkCollector(Collector):
             desired.add_metric([outcome], value)
         yield desired
         yield CounterMetricFamily(
-            "edgefleet_fleet_callback_errors", "Desired-state or on-connect callbacks that raised.", link.callback_errors
+            "edgefleet_fleet_callback_errors",
+            "Desired-state or on-connect callbacks that raised.",
+            link.callback_errors,
         )
         yield CounterMetricFamily("edgefleet_fleet_link_connections", "MQTT connections made.", link.connections)
         yield GaugeMetricFamily("edgefleet_fleet_link_connected", "1 while the MQTT link is up.", int(link.connected))

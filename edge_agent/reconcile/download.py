@@ -26,9 +26,9 @@ from pathlib import Path
 
 import aiohttp
 
-from edge_agent.fleet.files import fsync_dir
 from edge_agent.reconcile.errors import DownloadError, IntegrityError
 from edge_agent.reconcile.faults import checkpoint
+from models.atomic import fsync_dir
 from protocols.messages import DesiredModel
 
 __all__ = ["DownloadSettings", "Downloader", "Progress"]

@@ -130,7 +130,26 @@ class Reconciler:
             self.stale_revisions += 1
             log.debug("desired revision %s ignored (have %s)", desired.revision, current.revision)
             return
-        await asyncio.to_thread(self.state.save_desired, desired)
+        try:
+            await asyncio.to_thread(self.state.save_desired, desired)
+        except OSError as exc:
+            # A revision that cannot be made durable is not accepted (no work that a restart would forget),
+            # but the hub must hear why: otherwise its rollout waits on this device for ever.
+            error = f"cannot persist desired revision {desired.revision}: {exc}"
+            log.error("%s", error)
+            self._reports = {
+                m.name: ModelReport(
+                    name=m.name,
+                    version=m.version,
+                    state="failed",
+                    active_version=self.core.active_version(m.name),
+                    error=error,
+                )
+                for m in desired.models
+            }
+            self._publish(desired)
+            self.reporter.event("error", "install.failed", error, revision=desired.revision)
+            return
         self._desired = desired
         log.info("desired revision %s accepted (rollout %s)", desired.revision, desired.rollout_id)
         self.reporter.event("info", "desired.received", f"revision {desired.revision}", revision=desired.revision)
@@ -211,7 +230,10 @@ class Reconciler:
         except Exception as exc:
             error = _reason(exc)
             log.error("%s:%s failed: %s", name, version, error)
-            await asyncio.to_thread(self.state.record_failure, desired.revision, name, Failure(version, error))
+            try:
+                await asyncio.to_thread(self.state.record_failure, desired.revision, name, Failure(version, error))
+            except OSError as record_exc:  # e.g. a read-only or full state dir: still report the failure
+                log.error("cannot record the failure of %s:%s: %s", name, version, record_exc)
             self._set(desired, model, "failed", error=error)
             self.reporter.event(
                 "error", "install.failed", error, model=name, version=version, revision=desired.revision

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edge_agent.fleet.files import write_atomic
+from models.atomic import write_atomic
 from protocols.messages import DesiredState
 
 __all__ = ["Failure", "ReconcileState"]

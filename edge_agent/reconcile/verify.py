@@ -16,8 +16,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from edge_agent.fleet.files import write_atomic
 from edge_agent.reconcile.errors import VerificationError
+from models.atomic import write_atomic
 from models.errors import PackageError
 from models.package import ModelPackage, open_package, verify_package
 from models.signing import Ed25519PublicKey, key_id

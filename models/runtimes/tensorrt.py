@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from models.atomic import write_atomic
 from models.errors import RuntimeFailure, RuntimeUnavailable
 from models.runtimes.base import InputValidator, Runtime, RuntimeInfo, Tensors
 from models.runtimes.config import TensorRTConfig
@@ -72,26 +71,6 @@ def profile_shapes(manifest: Manifest, max_batch: int | None = None, opt_batch: 
         opt = min(opt_batch if opt_batch is not None else limit, limit)
         shapes[spec.name] = ((1, *rest), (opt, *rest), (limit, *rest))
     return shapes
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a fsynced temp file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def trt_major(version: str) -> int:
