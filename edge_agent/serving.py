@@ -177,14 +177,7 @@ class ServingCore:
         for name, versions in self._models.items():
             self._active[name] = active.get(name) or max(versions, key=version_key)
         self._pipelines = self._build_pipelines()
-        for spec in self._pipelines.values():
-            self.stats.register(
-                spec.name,
-                model=spec.model,
-                priority=spec.priority,
-                version=spec.version,
-                queue_depth=self._depth_of(spec.model),
-            )
+        self._register_stats()
         self.started = True
         logger.info("serving %s pipeline(s): %s", len(self._pipelines), ", ".join(sorted(self._pipelines)))
 
@@ -258,19 +251,55 @@ class ServingCore:
 
         return depth
 
-    def _build_pipelines(self) -> dict[str, PipelineSpec]:
+    def _build_pipelines(
+        self, specs: Sequence[PipelineSpec] | None = None, problems: list[str] | None = None
+    ) -> dict[str, PipelineSpec]:
+        """Pipelines from `specs` (default: the config's). A spec naming a missing model or version raises
+        NotFound, or, when `problems` is given, is skipped and described there."""
         pipelines: dict[str, PipelineSpec] = {}
         if self.config.expose_models:
             for name in self._models:
                 pipelines[name] = PipelineSpec(name=name, model=name)
-        for spec in self.config.pipelines:
+        for spec in self.config.pipelines if specs is None else specs:
             versions = self._models.get(spec.model)
+            problem = None
             if versions is None:
-                raise NotFound(f"pipeline {spec.name!r}: model {spec.model!r} is not installed")
-            if spec.version is not None and spec.version not in versions:
-                raise NotFound(f"pipeline {spec.name!r}: model {spec.model!r} has no version {spec.version!r}")
+                problem = f"pipeline {spec.name!r}: model {spec.model!r} is not installed"
+            elif spec.version is not None and spec.version not in versions:
+                problem = f"pipeline {spec.name!r}: model {spec.model!r} has no version {spec.version!r}"
+            if problem is not None:
+                if problems is None:
+                    raise NotFound(problem)
+                problems.append(problem)
+                continue
             pipelines[spec.name] = spec
         return pipelines
+
+    def _register_stats(self) -> None:
+        for spec in self._pipelines.values():
+            self.stats.register(
+                spec.name,
+                model=spec.model,
+                priority=spec.priority,
+                version=spec.version,
+                queue_depth=self._depth_of(spec.model),
+            )
+
+    def set_pipelines(self, specs: Sequence[PipelineSpec]) -> list[str]:
+        """Replace the served pipelines (from the hub's desired state); empty = back to the agent's config.
+
+        Takes effect for the next request routed; in-flight requests finish under the pipeline they were
+        routed with. Specs naming a model or version that is not loaded are skipped; their problems are
+        returned so the caller can report them.
+        """
+        problems: list[str] = []
+        pipelines = self._build_pipelines(list(specs) if specs else None, problems)
+        for name in self._pipelines.keys() - pipelines.keys():
+            self.stats.unregister(name)
+        self._pipelines = pipelines
+        self._register_stats()
+        logger.info("pipelines now: %s", ", ".join(sorted(pipelines)))
+        return problems
 
     # --- queries ---------------------------------------------------------------------------------
 

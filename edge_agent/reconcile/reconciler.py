@@ -176,6 +176,7 @@ class Reconciler:
         self._apply_fleet_settings(desired)
         for model in desired.models:
             await self._reconcile(desired, model, failures.get(model.name))
+        self._apply_pipelines(desired)
         keep = {m.sha256 for m in desired.models if self._reports[m.name].state not in ("active", "failed")}
         await asyncio.to_thread(self.state.prune_downloads, keep)
         if all(r.state == "active" for r in self._reports.values()):
@@ -183,19 +184,17 @@ class Reconciler:
             self.converged.set()
 
     def _apply_fleet_settings(self, desired: DesiredState) -> None:
-        if desired.pipelines:
-            # TODO(lead): replace the core's pipelines once ServingCore offers a way to (issue 4 owns it).
-            log.warning(
-                "desired revision %s names pipelines: not applied yet, keeping the local ones", desired.revision
-            )
-            self.reporter.event(
-                "warning", "pipelines.ignored", "desired pipelines are not applied yet", revision=desired.revision
-            )
         if self._pools is not None:
             # Empty = the locally configured pools (the sink restores them), non-empty replaces them.
             self._pools(desired.pools)
         elif desired.pools:
             log.warning("desired revision %s names pools, but this agent does not offload", desired.revision)
+
+    def _apply_pipelines(self, desired: DesiredState) -> None:
+        """Serve the desired pipelines (after the models they need are in); empty = the local config's."""
+        for problem in self.core.set_pipelines(desired.pipelines):
+            log.warning("desired revision %s: %s; pipeline skipped", desired.revision, problem)
+            self.reporter.event("warning", "pipelines.skipped", problem, revision=desired.revision)
 
     # --- one model ---------------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from edge_agent.serving import ServingCore
 from edge_agent.store import ModelStore, collect
 from models.zoo import ZOO_PUBLIC_KEY_FILE, zoo_package_path
 from protocols.messages import ApplyPolicy, DesiredModel
+from protocols.pipeline import PipelineSpec
 from protocols.topics import Topics
 
 DEVICE = "dev-1"
@@ -306,3 +307,28 @@ async def test_crash_at_each_point_resumes_to_completion(
         assert not list(r.state.downloads.iterdir())
     finally:
         await dev.stop()
+
+
+async def test_desired_pipelines_replace_local_ones_and_empty_restores_them(device: Device, hub: Hub) -> None:
+    r, core = device.reconciler, device.core
+    assert r is not None and core is not None
+    assert "gate" not in core.pipelines()
+    pipelines = (
+        PipelineSpec(name="gate", model="tiny-cnn", priority="safety", deadline_ms=80),
+        PipelineSpec(name="ghost", model="not-installed", priority="best_effort"),
+    )
+    await r.on_desired(desired_state(DEVICE, 1, hub.add(hub.v2), pipelines=pipelines))
+    await asyncio.wait_for(r.converged.wait(), 20)
+    await r.wait_idle()
+    served = core.pipelines()
+    assert served["gate"].priority == "safety" and "ghost" not in served
+    route = core.route("gate")
+    out = await core.infer(route, {"input": np.zeros((1, 3, 64, 64), dtype=np.float32)})
+    assert out["scores"].shape == (1, 4) and route.model.version == "2"
+    skipped = [e for e in device.link.payloads("/events") if e["kind"] == "pipelines.skipped"]
+    assert len(skipped) == 1 and "not-installed" in skipped[0]["message"]
+
+    # A revision without pipelines goes back to the agent's own config: "gate" is no longer served.
+    await r.on_desired(desired_state(DEVICE, 2, hub.add(hub.v2)))
+    await r.wait_idle()
+    assert "gate" not in core.pipelines() and "tiny-cnn" in core.pipelines()
