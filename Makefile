@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup mosquitto test lint typecheck pytest demo bench schemas zoo clean
+.PHONY: setup mosquitto test lint typecheck pytest demo bench soak schemas zoo clean
 
 # --- set-up -------------------------------------------------------------------
 $(STAMP): pyproject.toml
@@ -48,6 +48,12 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench
+
+# Not in CI (~10 min + ~15 min): the soak benchmark, then the long fault-injection variants, which
+# `make test` skips (they run only with EDGEFLEET_SOAK=1). SOAK_ARGS="--minutes 3" for a shorter soak.
+soak: setup
+	$(PY) -m bench.soak $(SOAK_ARGS)
+	EDGEFLEET_SOAK=1 $(VENV)/bin/pytest -q -m soak tests/faults
 
 # --- maintenance ----------------------------------------------------------------
 schemas: $(STAMP)

@@ -47,7 +47,11 @@ async def infer(request: web.Request) -> web.StreamResponse:
     batch = decoded.inputs["input"]
     scores = await asyncio.to_thread(session.run, None, {"input": batch})
     body, length = encode_response(
-        model_name=request.match_info["model"], model_version=version, id=decoded.id, outputs={"scores": scores[0]}, binary=True
+        model_name=request.match_info["model"],
+        model_version=version,
+        id=decoded.id,
+        outputs={"scores": scores[0]},
+        binary=True,
     )
     headers = {"Content-Type": "application/octet-stream"}
     if length is not None:

@@ -154,7 +154,7 @@ class Traffic:
     async def _closed(self, pipeline: str) -> None:
         while not self.stop.is_set():
             outcome = await self.one(pipeline)
-            if outcome.status == 0 or outcome.status == 503:
+            if outcome.status in {0, 503}:
                 await asyncio.sleep(0.02)  # no busy loop on a refused connection or a fast 503
 
     async def one(self, pipeline: str) -> Outcome:

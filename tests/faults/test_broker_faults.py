@@ -64,6 +64,7 @@ async def _restart_loop(frig: FaultRig, restarts: int, up_s: float) -> None:
         # clean MQTT session, so what the agent publishes after its own reconnect and before the hub's is lost.
         pytest.xfail(f"hub missed {len(lost)} reports published before it re-subscribed: seqs {lost}")
 
+
 @pytest.mark.timeout(150)
 async def test_broker_restarted_3_times_nothing_lost(frig: FaultRig) -> None:
     await _restart_loop(frig, restarts=3, up_s=2.0)
