@@ -13,8 +13,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import pytest_asyncio
-from hub_support import hub_config
 from hub_devices import TOPICS, DeviceClient, load_report
+from hub_support import hub_config
 from paho.mqtt.enums import CallbackAPIVersion
 from rig import Mosquitto, TestPKI
 from test_hub_ingest import until

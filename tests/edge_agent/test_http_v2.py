@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from agent_support import Reference, sample, standalone_config
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from agent_support import Reference, sample, standalone_config
 
 from edge_agent.errors import Unavailable
 from edge_agent.http import CORE_KEY, STARTUP_KEY, make_app
