@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup mosquitto test lint typecheck pytest demo bench soak schemas zoo clean
+.PHONY: setup system-deps test lint typecheck pytest demo bench soak schemas zoo clean
 
 # --- set-up -------------------------------------------------------------------
 $(STAMP): pyproject.toml
@@ -17,16 +17,24 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-setup: $(STAMP) mosquitto
+setup: $(STAMP) system-deps
 
-# Tests and the demo start their own mosquitto as a child process; it must be installed.
-mosquitto:
+# Tests and the demo start their own mosquitto as a child process: it must be installed. faketime is
+# optional (the clock-jump fault test is skipped without it, saying so); wrk is for `make bench`.
+system-deps:
 	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian's mosquitto"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
 	else \
-		echo "mosquitto is missing: run 'sudo apt-get install mosquitto' (Debian/Ubuntu), then retry"; exit 1; \
+		echo "mosquitto is missing: run 'sudo apt-get install mosquitto faketime' (Debian/Ubuntu), then retry"; exit 1; \
+	fi
+	@if command -v faketime >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null 2>&1; } \
+			|| echo "note: could not install faketime; the clock-jump fault test will be skipped"; \
+	else \
+		echo "note: faketime is missing (sudo apt-get install faketime); the clock-jump fault test will be skipped"; \
 	fi
 
 # --- checks -------------------------------------------------------------------
