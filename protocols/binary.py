@@ -33,6 +33,13 @@ _REQUEST_KEYS: Final = frozenset({"id", "parameters", "inputs", "outputs"})
 _TENSOR_KEYS: Final = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_KEYS: Final = frozenset({"name", "parameters"})
 _U32: Final = struct.Struct("<I")
+# numpy 1.x arrays have at most 32 dimensions (2.x: 64) and dimensions fit an int64: beyond either, numpy
+# raises ValueError, which must be a 400 for the client, not a 500.
+_MAX_DIMS: Final = 32
+_MAX_DIM: Final = (1 << 63) - 1
+# numpy also refuses an empty shape whose non-zero dimensions multiply past int64 (x itemsize); no tensor
+# a body can carry comes near this.
+_MAX_ELEMENTS: Final = 1 << 58
 _JSON_SEPARATORS: Final = (",", ":")
 
 
@@ -231,8 +238,12 @@ def _describe(item: object, where: str, kind: str, *, strict: bool) -> tuple[str
     dtype = _DTYPES.get(datatype) if type(datatype) is str else None
     if dtype is None:
         raise CodecError(f"{where}: unknown datatype {datatype!r}")
-    if type(shape_value) is not list or not all(type(d) is int and d >= 0 for d in shape_value):
-        raise CodecError(f"{where}: 'shape' must be a list of non-negative integers, got {shape_value!r}")
+    if type(shape_value) is not list or not all(type(d) is int and 0 <= d <= _MAX_DIM for d in shape_value):
+        raise CodecError(f"{where}: 'shape' must be a list of non-negative integers, got {str(shape_value)[:200]}")
+    if len(shape_value) > _MAX_DIMS:
+        raise CodecError(f"{where}: 'shape' has {len(shape_value)} dimensions, at most {_MAX_DIMS} are supported")
+    if math.prod(d for d in shape_value if d) > _MAX_ELEMENTS:
+        raise CodecError(f"{where}: 'shape' {str(shape_value)[:200]} is too large")
     parameters = _parameters(item.get("parameters"), where)
     if "shared_memory_region" in parameters:
         raise CodecError(f"{where}: shared memory tensors are not supported")

@@ -215,9 +215,7 @@ def openapi_document() -> dict[str, Any]:
     )
     paths: dict[str, Any] = {
         "/healthz": {
-            "get": _op(
-                "Liveness.", {"200": _json(_obj({"status": {"const": "ok"}}), "Serving.")}, security=public
-            )
+            "get": _op("Liveness.", {"200": _json(_obj({"status": {"const": "ok"}}), "Serving.")}, security=public)
         },
         "/metrics": {
             "get": _op(
@@ -240,8 +238,9 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/api/v1/claims": {
-            "get": _op("Every claim (never tokens).", {"200": _json(_obj({"claims": _arr(claim)}), "Claims."),
-                                                       **_errors(401)}),  # fmt: skip
+            "get": _op(
+                "Every claim (never tokens).", {"200": _json(_obj({"claims": _arr(claim)}), "Claims."), **_errors(401)}
+            ),
             "post": _op(
                 "Create a claim; the token is shown only in this answer.",
                 {
@@ -329,9 +328,7 @@ def openapi_document() -> dict[str, Any]:
                     "201": _json(_obj({"model": model_summary, "created": {"type": "boolean"}}), "Stored."),
                     **_errors(400, 401, 409, 413),
                 },
-                params=[
-                    {"name": "allow_unsigned", "in": "query", "required": False, "schema": {"type": "string"}}
-                ],
+                params=[{"name": "allow_unsigned", "in": "query", "required": False, "schema": {"type": "string"}}],
                 body={
                     "required": True,
                     "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
@@ -359,8 +356,8 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/artifacts/{sha256}.tar": {"get": artifact_get},
         "/api/v1/rollouts": {
             "get": _op(
-                "Every rollout (summaries).", {"200": _json(_obj({"rollouts": _arr(rollout)}), "Rollouts."),
-                                               **_errors(401)}  # fmt: skip
+                "Every rollout (summaries).",
+                {"200": _json(_obj({"rollouts": _arr(rollout)}), "Rollouts."), **_errors(401)},
             ),
             "post": _op(
                 "Start a rollout.",

@@ -23,6 +23,9 @@ from cloud_hub.pki.ca import cert_fingerprint
 from cloud_hub.store import Store, claims, devices
 from protocols.messages import ProvisionRequest, ProvisionResponse
 
+# Certificate CNs of the hub and its broker (edgefleet-hub has the hub's ACL rights); never a device's.
+RESERVED_ID_PREFIX = "edgefleet-"
+
 
 @dataclass(frozen=True)
 class ProvisionSettings:
@@ -45,6 +48,9 @@ class Provisioner:
 
     async def provision(self, request: ProvisionRequest) -> ProvisionResponse:
         """Register (or re-provision) the device; raise Unauthorized/Forbidden/Conflict/InvalidRequest."""
+        if request.device_id is not None and request.device_id.lower().startswith(RESERVED_ID_PREFIX):
+            # The broker's ACL gives the CN edgefleet-hub the hub's rights (every desired topic): never to a device.
+            raise Forbidden(f"device id {request.device_id!r} is reserved ({RESERVED_ID_PREFIX}* names the hub's own)")
         public_key = load_csr(request.csr_pem)
         now = time.time()
         try:

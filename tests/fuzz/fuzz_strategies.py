@@ -10,12 +10,16 @@ from hypothesis import strategies as st
 from protocols.datatypes import DATATYPES
 
 _HUGE = [0, 1, 2, 3, 64, 2**31, 2**32, 2**40, 2**62, 2**63, 2**64, -1]
-dims = st.one_of(st.integers(0, 8), st.sampled_from(_HUGE), st.just(True), st.floats(allow_nan=True), st.text(max_size=2))
-shapes = st.one_of(st.lists(dims, max_size=6), st.lists(st.just(1), min_size=60, max_size=70), st.none(), st.text(max_size=3))
+dims = st.one_of(
+    st.integers(0, 8), st.sampled_from(_HUGE), st.just(True), st.floats(allow_nan=True), st.text(max_size=2)
+)
+shapes = st.one_of(
+    st.lists(dims, max_size=6), st.lists(st.just(1), min_size=60, max_size=70), st.none(), st.text(max_size=3)
+)
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=8)
 )
-json_data = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=6), max_leaves=40)
+json_data = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=6), max_leaves=16)
 datatypes = st.one_of(st.sampled_from(sorted(DATATYPES)), st.text(max_size=6), st.integers())
 
 
@@ -52,8 +56,13 @@ def v2_bodies(draw: st.DrawFn, key: str = "inputs") -> tuple[bytes, int | None]:
         )
     if draw(st.booleans()):
         header["outputs"] = draw(
-            st.lists(st.fixed_dictionaries({"name": st.text(max_size=3)}, optional={"parameters": st.dictionaries(
-                st.just("binary_data"), json_scalars)}), max_size=2)  # fmt: skip
+            st.lists(
+                st.fixed_dictionaries(
+                    {"name": st.text(max_size=3)},
+                    optional={"parameters": st.dictionaries(st.just("binary_data"), json_scalars)},
+                ),
+                max_size=2,
+            )
         )
     if draw(st.booleans()):
         header["id"] = draw(json_scalars)

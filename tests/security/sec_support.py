@@ -51,9 +51,7 @@ class HubApi:
             sent.setdefault("Authorization", f"Bearer {chosen}")
         async with (
             aiohttp.ClientSession() as session,
-            session.request(
-                method, self.url + path, json=json, data=data, headers=sent, ssl=self.ssl(cert)
-            ) as resp,
+            session.request(method, self.url + path, json=json, data=data, headers=sent, ssl=self.ssl(cert)) as resp,
         ):
             return resp.status, await resp.read()
 

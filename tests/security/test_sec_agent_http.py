@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from agent_support import start_agent, standalone_config
+from agent_support import standalone_config, start_agent
 
 from edge_agent.cli import build_parser
 from edge_agent.config import AgentConfig, HttpConfig, load_config
@@ -105,7 +105,13 @@ async def test_token_guards_every_route_but_the_health_probes(aiohttp_client: An
 
 
 def test_token_file_must_be_usable(tmp_path: Path) -> None:
-    cases = [("missing", None), ("short", "abc"), ("spaces", "a" * 10 + " " + "b" * 10), ("empty", ""), ("bin", "\xff" * 20)]
+    cases = [
+        ("missing", None),
+        ("short", "abc"),
+        ("spaces", "a" * 10 + " " + "b" * 10),
+        ("empty", ""),
+        ("bin", "\xff" * 20),
+    ]
     for name, content in cases:
         path = tmp_path / name
         if content is not None:

@@ -28,7 +28,9 @@ def _spawn(name: str, argv: list[str], workdir: Path) -> tuple[subprocess.Popen[
 
 def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, *argv], check=False, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _wait_for(log: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> re.Match[str]:
@@ -81,8 +83,19 @@ def test_no_secret_in_any_log_line(
         wrong = [*join[1:]]
         wrong[wrong.index("--claim") + 1] = claim_token[:-2] + "xx"
         for name, args in (("provision-typo", wrong), ("provision", join[1:])):
-            done = _run(["-m", "edge_agent", "--log-level", "DEBUG", *args, "--identity-dir", str(identity),
-                         "--device-id", "dev-logs"])  # fmt: skip
+            done = _run(
+                [
+                    "-m",
+                    "edge_agent",
+                    "--log-level",
+                    "DEBUG",
+                    *args,
+                    "--identity-dir",
+                    str(identity),
+                    "--device-id",
+                    "dev-logs",
+                ]
+            )
             assert done.returncode == (0 if name == "provision" else 1), done.stdout + done.stderr
             outputs[name] = done.stdout + done.stderr
 

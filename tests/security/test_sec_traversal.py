@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from agent_support import standalone_config
 from pydantic import ValidationError
-from sec_support import HubApi, raw_request
+from sec_support import HubApi
 
 from cloud_hub.hub import Hub
 from edge_agent.http import STARTUP_KEY, make_app
@@ -56,14 +56,17 @@ def _all_files(root: Path) -> set[str]:
     return {str(Path(d, f).relative_to(root)) for d, _, files in os.walk(root) for f in files}
 
 
-@pytest.mark.parametrize(("name", "kind", "linkname"), _EVIL, ids=[e[0] for e in _EVIL])
+@pytest.mark.parametrize("evil", _EVIL, ids=[e[0] for e in _EVIL])
 async def test_hub_refuses_tars_with_hostile_members(
-    hub: Hub, api: HubApi, tmp_path: Path, name: str, kind: bytes, linkname: str
+    hub: Hub, api: HubApi, tmp_path: Path, evil: tuple[str, bytes, str]
 ) -> None:
+    name, kind, linkname = evil
     status, _ = await api.call("POST", "/api/v1/publishers", {"public_key_pem": ZOO_PUBLIC_KEY_FILE.read_text()})
     assert status == 201
     before = _all_files(tmp_path)
-    status, body = await api.request("POST", "/api/v1/models", data=_evil_tar(tmp_path / "evil.tar", name, kind, linkname))
+    status, body = await api.request(
+        "POST", "/api/v1/models", data=_evil_tar(tmp_path / "evil.tar", name, kind, linkname)
+    )
     assert status == 400, body
     assert json.loads(body)["error"].startswith("package rejected: archive member"), body
     # Nothing was written anywhere: no escaped file, no upload left behind, no model registered.
@@ -97,8 +100,13 @@ async def test_agent_v2_paths_with_traversal_are_refused(aiohttp_client: Any) ->
     body = b'{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[' + b",".join([b"0"] * 64) + b"]}]}"
     for method, target in _AGENT_TARGETS:
         headers = {"Content-Type": "application/json", "Content-Length": str(len(body))} if method == "POST" else {}
-        status, answer = await _raw_agent(client.server.host, client.server.port, f"{method} {target} HTTP/1.1",
-                                          headers, body if method == "POST" else b"")  # fmt: skip
+        status, answer = await _raw_agent(
+            client.server.host,
+            client.server.port,
+            f"{method} {target} HTTP/1.1",
+            headers,
+            body if method == "POST" else b"",
+        )
         assert status in (400, 404), (target, status, answer[:200])
         assert set(json.loads(answer)) == {"error"}
         assert passwd not in answer
@@ -126,7 +134,11 @@ def _desired(**model: Any) -> dict[str, Any]:
         "sha256": "a" * 64,
         "size": 10,
         "url": "https://hub.example:8443/api/v1/artifacts/" + "a" * 64 + ".tar",
-        "signature": {"key_id": "0123456789abcdef", "algorithm": "ed25519", "signature": base64.b64encode(bytes(64)).decode()},
+        "signature": {
+            "key_id": "0123456789abcdef",
+            "algorithm": "ed25519",
+            "signature": base64.b64encode(bytes(64)).decode(),
+        },
         **model,
     }
     return {"device_id": "dev-a", "revision": 2, "issued_at": 1.0, "models": [entry]}
