@@ -18,13 +18,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.config import AgentConfig
 from edge_agent.errors import NotFound, StoreError
-from models.atomic import fsync_dir
+from models.atomic import fsync_dir, write_atomic
 from models.errors import PackageError
 from models.package import ModelPackage, open_package, package_sha256, verify_package
 from models.signing import Ed25519PublicKey, load_trusted_keys
@@ -213,20 +213,23 @@ class ModelStore:
         os.rename(path, hidden)
         shutil.rmtree(hidden, ignore_errors=True)
 
+    def prune(self, name: str, keep: Collection[str] = ()) -> list[str]:
+        """Delete installed versions other than active, previous and `keep`; returns the removed ones.
+
+        Active and previous stay on disk so a rollback is instant; older versions only cost space.
+        """
+        pointer = self.pointer(name)
+        protected = {pointer.active, pointer.previous, *keep}
+        removed = [v for v in self.versions(name) if v not in protected]
+        for version in removed:
+            self.remove(name, version)
+        if removed:
+            logger.info("model %s: removed old version(s) %s from disk", name, ", ".join(removed))
+        return removed
+
     def _write_pointer(self, name: str, pointer: Pointer) -> None:
-        model_dir = self._model_dir(name)
         data = json.dumps({"active": pointer.active, "previous": pointer.previous}).encode()
-        fd, tmp = tempfile.mkstemp(prefix=f".{POINTER_FILE}.", suffix=".tmp", dir=model_dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, model_dir / POINTER_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(model_dir)
+        write_atomic(self._model_dir(name) / POINTER_FILE, data)
 
     def _model_dir(self, name: str) -> Path:
         if not is_safe_name(name):

@@ -110,14 +110,19 @@ class Activator:
         return old if old != version else None
 
     async def retire(self, name: str, version: str) -> None:
-        """Unload a version that is no longer routed to, after in-flight requests finished (kept on disk)."""
+        """Unload a version that is no longer routed to, after in-flight requests finished; then delete
+        versions older than active and previous from disk (those two stay for an instant rollback)."""
         await asyncio.sleep(self.drain_grace_s)
-        if self.core.active_version(name) == version or version not in self.core.models().get(name, {}):
-            return
-        if any(p.model == name and p.version == version for p in self.core.pipelines().values()):
-            return  # a configured pipeline pins this version: it keeps serving
-        await self.core.unload(name, version)
-        log.info("model %s: version %s drained and unloaded (kept on disk)", name, version)
+        pinned = {p.version for p in self.core.pipelines().values() if p.model == name and p.version is not None}
+        loaded = self.core.models().get(name, {})
+        if self.core.active_version(name) != version and version in loaded and version not in pinned:
+            await self.core.unload(name, version)
+            log.info("model %s: version %s drained and unloaded (kept on disk)", name, version)
+        keep = pinned | set(self.core.models().get(name, {}))
+        try:
+            await asyncio.to_thread(self.store.prune, name, keep)
+        except (AgentError, OSError) as exc:
+            log.warning("model %s: could not remove old versions: %s", name, exc)
 
     async def discard(self, name: str, version: str) -> None:
         """Unload a version that was loaded but never activated (failed or superseded)."""

@@ -184,6 +184,8 @@ async def test_rollout_then_rollback_under_load(device: Device, hub: Hub) -> Non
     stop.set()
     await load  # raises if any request failed
     assert device.serving() == "1" and device.pointer() == ("1", "2")
+    assert device.config.state_dir is not None
+    assert ModelStore(device.config.state_dir / "models").versions("tiny-cnn") == ["1", "2"]
     assert len(hub.server.requests) == fetched
     assert "downloading" not in [m["models"][0]["state"] for m in device.link.payloads("/reported")[-4:]]
     assert answers.count("1") > 0 and answers.count("2") > 0

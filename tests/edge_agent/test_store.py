@@ -150,3 +150,22 @@ def test_collect_in_place_and_from_store(tmp_path: Path) -> None:
     store.activate("tiny-cnn", "1")
     _, active = collect(device)
     assert active["tiny-cnn"] == "1"
+
+
+def test_prune_keeps_active_previous_and_the_pinned_ones(store: ModelStore, tmp_path: Path) -> None:
+    for version in ("3", "4"):
+        copy = tmp_path / f"v{version}"
+        shutil.copytree(zoo_package_path("tiny-cnn", 2), copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["version"] = version
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        store.install(copy, KEYS, verify=False)  # unsigned copies: the store's own checks still run
+    store.install(zoo_package_path("tiny-cnn", 1), KEYS)
+    store.install(zoo_package_path("tiny-cnn", 2), KEYS)
+    store.activate("tiny-cnn", "1")
+    store.activate("tiny-cnn", "2")
+    assert store.prune("tiny-cnn", keep={"3"}) == ["4"]
+    assert store.versions("tiny-cnn") == ["1", "2", "3"]
+    assert store.prune("tiny-cnn") == ["3"]
+    assert store.versions("tiny-cnn") == ["1", "2"] and store.pointer("tiny-cnn") == Pointer("2", "1")
+    assert not [p for p in (store.root / "tiny-cnn").iterdir() if p.name.startswith(".")]
