@@ -86,9 +86,7 @@ async def infer(request: web.Request) -> web.Response:
         priority, timeout_us = _scheduling(decoded.parameters)
         wanted = decoded.outputs
         requested = None if wanted is None else [o.name for o in wanted]
-        served = await core.infer_routed(
-            route, decoded.inputs, requested, priority=priority, timeout_us=timeout_us
-        )
+        served = await core.infer_routed(route, decoded.inputs, requested, priority=priority, timeout_us=timeout_us)
         binary: Any = decoded.binary_output if wanted is None else {o.name: o.binary for o in wanted}.__getitem__
         payload, length = encode_response(
             model_name=name,

@@ -90,13 +90,12 @@ class Admission:
         if not full and now + estimate + self._margin_s <= deadline:
             return None
         router = self._router
-        if pipeline.effective_offload == "overflow" and router is not None:
-            if router.pick(pipeline.model, deadline - now) is not None:
-                return None
+        overflow = pipeline.effective_offload == "overflow"
+        if overflow and router is not None and router.pick(pipeline.model, deadline - now) is not None:
+            return None
         reason = "queue full" if full else f"estimated {estimate * 1000.0:.1f} ms locally"
         return Rejected(
-            f"deadline cannot be met: {reason}, {(deadline - now) * 1000.0:.1f} ms left, "
-            "and no cloud pool can take it",
+            f"deadline cannot be met: {reason}, {(deadline - now) * 1000.0:.1f} ms left, and no cloud pool can take it",
             retry_after_s=estimate,
         )
 

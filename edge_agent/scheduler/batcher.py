@@ -13,28 +13,28 @@ to `safety_max_wait_s` of estimated run time and never pre-handed, so a safety r
 the one batch already running.
 
 Deadlines: a request whose deadline passes while queued is answered `Expired` (503) by a timer at once
-(not when the lane frees up) and never runs; the batch cut checks again.
+(not when the lane frees up, see expiry.py) and never runs; the batch cut checks again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
 from edge_agent.errors import InferenceFailed, NotFound, Unavailable
 from edge_agent.scheduler.estimates import ServiceTimes
+from edge_agent.scheduler.expiry import Clock, ExpiryTimer, Timer
 from edge_agent.scheduler.lane import Lane
-from edge_agent.scheduler.queue import CLASSES, Expired, ModelQueue, Request, RunBatch, Tensors, run_batch
+from edge_agent.scheduler.queue import CLASSES, ModelQueue, Request, RunBatch, Tensors, run_batch
 
 __all__ = ["BatchObserver", "Batcher", "Clock", "QueueFull", "SafetyLane", "Timer"]
 
@@ -44,20 +44,6 @@ SafetyLane = Literal["dedicated", "shared"]
 SAFETY = 0
 DEFAULT_RANK = 1  # standard
 DEFAULT_LIMITS = (64, 256, 512)
-
-
-class Timer(Protocol):
-    """A scheduled callback that can be cancelled (asyncio.TimerHandle is one)."""
-
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """Monotonic time and timers; the running event loop is one. Injected in tests."""
-
-    def time(self) -> float: ...
-
-    def call_at(self, when: float, callback: Callable[[], object], /) -> Timer: ...
 
 
 BatchObserver = Callable[[str, int, float], None]
@@ -102,9 +88,7 @@ class Batcher:
         self._scheduled = False
         self._timer: Timer | None = None
         self._timer_at = 0.0
-        self._expiry: list[tuple[float, int, ModelQueue, Request]] = []
-        self._expiry_timer: Timer | None = None
-        self._expiry_at = math.inf
+        self._expiry = ExpiryTimer(self._clock, self._check_idle)
         self._seq = itertools.count()
         self._closed = False
         self._waiters: list[asyncio.Future[None]] = []
@@ -214,9 +198,7 @@ class Batcher:
         if priority == SAFETY:
             self._last_safety = now
         if deadline is not None:
-            heapq.heappush(self._expiry, (deadline, seq, queue, request))
-            if deadline < self._expiry_at:
-                self._arm_expiry()
+            self._expiry.add(queue, request, deadline)
         self._idle.clear()
         if not self._scheduled:
             self._scheduled = True
@@ -312,41 +294,6 @@ class Batcher:
         self._timer = None
         self._dispatch()
 
-    # --- expiry ----------------------------------------------------------------------------------
-
-    def _arm_expiry(self) -> None:
-        """(Re)arm the expiry timer at the earliest deadline of a still-queued request."""
-        heap = self._expiry
-        while heap and not (heap[0][3].queued and not heap[0][3].future.done()):
-            heapq.heappop(heap)
-        when = heap[0][0] if heap else math.inf
-        if when == self._expiry_at and self._expiry_timer is not None:
-            return
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
-        self._expiry_at = when
-        if heap:
-            self._expiry_timer = self._clock.call_at(when, self._on_expiry)
-
-    def _on_expiry(self) -> None:
-        """Answer every queued request whose deadline has passed: 503, and it never runs."""
-        self._expiry_timer = None
-        self._expiry_at = math.inf
-        now = self._clock.time()
-        heap = self._expiry
-        expired = 0
-        while heap and heap[0][0] <= now:
-            _, _, queue, request = heapq.heappop(heap)
-            if request.queued and not request.future.done():
-                queue.drop(request)
-                request.future.set_exception(Expired("request deadline expired while queued", retry_after_s=1.0))
-                expired += 1
-        if expired:
-            logger.debug("%s queued request(s) expired", expired)
-        self._arm_expiry()
-        self._check_idle()
-
     # --- the lane threads ------------------------------------------------------------------------
 
     def _run(self, lane: Lane, queue: ModelQueue, batch: list[Request]) -> None:
@@ -415,10 +362,10 @@ class Batcher:
     async def aclose(self) -> None:
         """Refuse new work, fail what is still queued, wait for the running batches, stop the threads."""
         self._closed = True
-        for timer in (self._timer, self._expiry_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._expiry_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._expiry.cancel()
         for queue in self._queues.values():
             queue.fail_all(Unavailable("the agent is shutting down"))
         await asyncio.to_thread(self._main.shutdown)

@@ -153,6 +153,30 @@ async def test_pipelines_are_v2_model_names(aiohttp_client: Any) -> None:
     assert app[CORE_KEY].pipelines()["collision"].effective_offload == "never"
 
 
+async def test_doomed_best_effort_is_shed_before_its_body_is_read_and_the_connection_kept(aiohttp_client: Any) -> None:
+    config = standalone_config(
+        expose_models=False,
+        scheduler={"queue_limits": {"best_effort": 0}},  # never queued locally, and standalone never offloads
+        pipelines=[
+            PipelineSpec(name="collision", model="tiny-cnn", priority="safety", deadline_ms=500),
+            PipelineSpec(name="shelf", model="tiny-cnn", priority="best_effort", deadline_ms=500),
+        ],
+    )
+    app = make_app(config)
+    client: Client = await aiohttp_client(app)
+    await app[STARTUP_KEY]
+    body, length = encode_request(inputs={"input": sample("tiny-cnn", 8)})
+    for _ in range(3):
+        resp = await client.post("/v2/models/shelf/infer", data=body, headers={HEADER_LENGTH: str(length)})
+        assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+        assert "queue full" in (await resp.json())["error"]
+    # aiohttp read and discarded the unread bodies (lingering read): the client just goes on with the next one.
+    resp = await client.post("/v2/models/collision/infer", data=body, headers={HEADER_LENGTH: str(length)})
+    assert resp.status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'edgefleet_routes_total{model="shelf",route="rejected"} 3.0' in metrics
+
+
 async def test_not_ready_until_loaded_then_503_with_retry_after(aiohttp_client: Any) -> None:
     app = make_app(standalone_config())
     client: Client = await aiohttp_client(app)

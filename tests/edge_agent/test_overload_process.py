@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import queue
 import re
 import socket
@@ -32,7 +33,7 @@ BE_DEADLINE_S = 0.050
 BE_CLIENTS = 8
 BE_BACKOFF_S = 0.01  # after a 503, as a client honouring it would (bounds the dead-pool phase's request rate)
 BE_QUEUE = 4
-SAFETY_SAMPLES = 100  # per phase, every 20 ms: a p99 that one scheduling hiccup of this shared machine cannot make
+SAFETY_SAMPLES = 100  # per phase, every 20 ms, so one scheduling hiccup of this shared machine is not the p99
 # The test checks routing and relative latency; the 50 ms safety deadline itself is the bench's business
 # (a shared 2-core CI machine cannot promise 50 ms at p99 even without load).
 SAFETY_DEADLINE_MS = 2000
@@ -44,9 +45,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# As bench/overload.py does on this 2-core machine: the agent gets CPU 0, the pool and the best-effort load CPU 1
+# (the safety client is light and left to the OS), so the agent's latency is not the OS sharing its core.
+AGENT_CPU, LOAD_CPU = (
+    ({0}, {1}) if len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0) else (None, None)
+)
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Pin every thread of a process (its runtime threads exist already)."""
+    if cpus is None:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def start_pool(port: int) -> AgentProcess:
     args = ["serve", "--standalone", "--model-dir", str(PACKAGES_DIR), "--trust", str(ZOO_PUBLIC_KEY_FILE)]
-    return start_agent([*args, "--port", str(port), "--threads", "1"])
+    pool = start_agent([*args, "--port", str(port), "--threads", "1"])
+    pin(pool.proc.pid, LOAD_CPU)
+    return pool
 
 
 @pytest.fixture
@@ -97,13 +116,15 @@ url = "http://127.0.0.1:{pool_port}"
 """
     )
     agent = start_agent(["serve", "--config", str(config)])
+    pin(agent.proc.pid, AGENT_CPU)
     state: dict[str, Any] = {"pool": pool, "pool_port": pool_port, "agent": agent}
     yield state
     agent.stop()
     state["pool"].stop()
 
 
-Result = tuple[str, int, str, float, bytes, str | None]  # name, status, route, seconds, body, header length
+# name, status, route, seconds, body, header length, finished at (time.monotonic(): one clock for every process)
+Result = tuple[str, int, str, float, bytes, str | None, float]
 
 
 async def post(session: aiohttp.ClientSession, url: str, name: str, body: tuple[bytes, int | None]) -> Result:
@@ -112,7 +133,8 @@ async def post(session: aiohttp.ClientSession, url: str, name: str, body: tuple[
     async with session.post(f"{url}/v2/models/{name}/infer", data=data, headers={HEADER_LENGTH: str(length)}) as resp:
         raw = await resp.read()
         route = resp.headers.get(ROUTE_HEADER, "-")
-        return name, resp.status, route, time.perf_counter() - start, raw, resp.headers.get(HEADER_LENGTH)
+        elapsed = time.perf_counter() - start
+        return name, resp.status, route, elapsed, raw, resp.headers.get(HEADER_LENGTH), time.monotonic()
 
 
 async def best_effort_clients(url: str, results: Any, stop: Any) -> None:
@@ -126,7 +148,7 @@ async def best_effort_clients(url: str, results: Any, stop: Any) -> None:
                 try:
                     result = await post(session, url, "shelf", body)
                 except (aiohttp.ClientError, TimeoutError):
-                    result = ("shelf", 0, "-", 0.0, b"", None)
+                    result = ("shelf", 0, "-", 0.0, b"", None, time.monotonic())
                 results.put(result)
                 if result[1] != 200:
                     await asyncio.sleep(BE_BACKOFF_S)
@@ -136,6 +158,7 @@ async def best_effort_clients(url: str, results: Any, stop: Any) -> None:
 
 def best_effort_process(url: str, results: Any, stop: Any) -> None:
     """The best-effort load in a process of its own, so the safety client's loop measures only the agent."""
+    pin(os.getpid(), LOAD_CPU)
     asyncio.run(best_effort_clients(url, results, stop))
 
 
@@ -159,7 +182,9 @@ class Load:
         if self._process.pid is None:
             return
         self._stop.set()
-        self.take()
+        with contextlib.suppress(queue.Empty):
+            while True:  # let the child's queue feeder finish
+                self._be_results.get(timeout=0.2)
         self._process.join(15)
         if self._process.is_alive():
             self._process.kill()
@@ -171,10 +196,15 @@ class Load:
             await asyncio.sleep(interval_s)
 
     def take(self) -> list[Result]:
+        """Every answer so far: the child's arrive in order of completion, so read up to one from now on."""
         taken, self.results = self.results, []
+        now = time.monotonic()
         with contextlib.suppress(queue.Empty):
-            while True:
-                taken.append(self._be_results.get_nowait())
+            while self._process.pid is not None and not self._stop.is_set():
+                result = self._be_results.get(timeout=1.0)
+                taken.append(result)
+                if result[6] >= now:
+                    break
         return taken
 
 
@@ -224,26 +254,27 @@ async def test_overload_offloads_best_effort_keeps_safety_local_and_survives_the
             rig["pool"].proc.kill()
             rig["pool"].stop()
             await asyncio.sleep(1.0)
+            dead_from = time.monotonic()
             load.take()
             await load.safety_paced(SAFETY_SAMPLES)
             phase = load.take()
+            phase = [r for r in phase if r[6] >= dead_from]  # answers still in transit from before
             assert await metric(session, url, r'^edgefleet_pool_breaker_state\{pool="pool-a"\} (\S+)$') == 2.0
             be = [r for r in phase if r[0] == "shelf"]
             safety = [r for r in phase if r[0] == "collision"]
             assert {r[1] for r in safety} == {200} and {r[2] for r in safety} == {"local"}
             assert not [r for r in be if r[2] == "cloud"]
-            # Those that cannot make it are rejected at admission, at once; others may still expire in the queue
-            # when the estimate was optimistic (answered 503 at their deadline, never run).
+            # Those that cannot make it are shed at intake (before their body is read) or rejected at admission,
+            # at once; others may still expire in the queue when the estimate was optimistic (503 at their
+            # deadline, never run).
             rejected = [r[3] for r in be if r[1] == 503 and b"cannot be met" in r[4]]
             assert rejected and {r[1] for r in be} <= {200, 503}
-            # Admission answers at once; what the client sees is mostly HTTP queueing on the agent's one event loop
-            # with 32 clients hammering it (measured ~30 ms here): before the deadline, never after it.
             assert float(np.median(rejected)) < BE_DEADLINE_S * 0.8, rejected
             dead_p99 = p99([r[3] for r in safety])
-            print("DBG", base_p99, overload_p99, dead_p99, len(be), float(np.median(rejected)), max(rejected))  # DBG
-            # Generous: on this shared 2-core machine the test's own 32 clients, the agent and the pool share the
-            # CPU, and HTTP intake is one FIFO event loop, so safety pays for parsing best-effort bodies (measured
-            # here: p99 5 ms alone, ~50 ms under this load). Inference itself never queues behind best effort.
+            # Safety is measured from this process, the best-effort load runs in another one; the agent, the pool
+            # and the load still share 2 cores, and HTTP intake is one event loop, so safety pays for a few
+            # best-effort bodies in the loop ahead of it (measured here: p99 4-20 ms alone, 20-65 ms under this
+            # load). Inference itself never queues behind best effort (the dedicated safety lane).
             for value in (overload_p99, dead_p99):
                 assert value < max(10 * base_p99, base_p99 + 0.075), (base_p99, overload_p99, dead_p99)
 

@@ -113,6 +113,32 @@ async def test_admission_rejects_at_once_when_the_deadline_cannot_be_met() -> No
     await batcher.aclose()
 
 
+async def test_shed_before_the_body_only_when_no_class_queue_or_deadline_could_take_it() -> None:
+    log: list[tuple[str, int, str]] = []
+    gate = threading.Event()
+    clock = FakeClock()
+    batcher = Batcher(depth=1, clock=clock, estimates=FixedTimes({"m": {1: 0.010, 8: 0.040}}), limits=(4, 4, 1))
+    batcher.add_queue("m", Runner(log, "m", gate), ("x",), max_batch_size=8)
+    admission = Admission(batcher, None, margin_s=0.001)
+    best_effort = PipelineSpec(name="be", model="m", priority="best_effort", deadline_ms=1000)
+    standard = PipelineSpec(name="std", model="m", priority="standard", deadline_ms=1000)
+    safety = PipelineSpec(name="s", model="m", priority="safety", deadline_ms=1)
+    assert admission.shed(best_effort, "m", clock.now + 1.0) is None  # room and time
+    busy = [batcher.submit("m", rows(8), 8, priority=BEST_EFFORT)]
+    await settle()  # running
+    busy.append(batcher.submit("m", rows(8), 8, priority=BEST_EFFORT))  # queued: best_effort is full
+    full = admission.shed(best_effort, "m", clock.now + 1.0)
+    assert isinstance(full, Rejected) and "queue full" in str(full)
+    # A standard request may lower itself to best_effort, but its own class still has room and time.
+    assert admission.shed(standard, "m", clock.now + 1.0) is None
+    late = admission.shed(standard, "m", clock.now + 0.05)  # 40 + 40 + 10 ms of work > 50 ms
+    assert isinstance(late, Rejected) and error_response(late).status == 503
+    assert admission.shed(safety, "m", clock.now + 0.001) is None  # safety always gets the full check
+    gate.set()
+    await asyncio.gather(*busy)
+    await batcher.aclose()
+
+
 async def test_expired_requests_are_answered_promptly_by_a_timer_and_never_run() -> None:
     log: list[tuple[str, int, str]] = []
     gate = threading.Event()
