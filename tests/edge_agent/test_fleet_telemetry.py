@@ -126,7 +126,9 @@ async def _outage(
     assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a report was lost"
     assert service.telemetry.drained >= spooled and service.telemetry.spool.dropped == 0
     assert served > outage / 0.02  # requests kept being served during the whole outage
-    assert worst_gap < 0.5, f"the event loop stalled for {worst_gap:.3f} s"
+    # Guards against blocking work on the loop (a synchronous connect, an fsync'd spool write). The bound
+    # leaves room for scheduler noise: on a loaded 2-core machine a whole process was seen paused 0.84 s.
+    assert worst_gap < 1.0, f"the event loop stalled for {worst_gap:.3f} s"
 
 
 @pytest.mark.slow
