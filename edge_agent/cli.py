@@ -50,6 +50,7 @@ def _serve_config(args: argparse.Namespace) -> AgentConfig:
         verify_packages=not args.no_verify,
         runtime=OnnxRuntimeConfig(intra_op_threads=args.threads, inter_op_threads=1 if args.threads else None),
         batching=BatchingConfig(max_queue_delay_ms=args.max_queue_delay_ms),
+        expose_deadline_ms=args.deadline_ms,
     )
 
 
@@ -134,6 +135,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     serve.add_argument("--no-verify", action="store_true", help="skip signature checks (development only)")
     serve.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     serve.add_argument("--max-queue-delay-ms", type=float, default=0.0, help="batcher max queue delay")
+    serve.add_argument(
+        "--deadline-ms",
+        type=int,
+        default=60_000,
+        help="deadline of every model (standalone; callers such as offloading agents send their own timeout)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     doctor = sub.add_parser("doctor", help="hardware report and runtime self-check on the zoo models")

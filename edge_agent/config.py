@@ -195,6 +195,13 @@ class AgentConfig(_Config):
         default=True,
         description="Also serve every model under its own name (standard priority) unless a pipeline has that name.",
     )
+    expose_deadline_ms: PositiveInt = Field(
+        default=1000,
+        description=(
+            "Deadline of the V2 names models are exposed under (expose_models; standard priority). "
+            "`serve --standalone` defaults to 60000: a cloud pool's callers send their own timeout."
+        ),
+    )
     pipelines: list[PipelineSpec] = Field(
         default_factory=list, description="V2 model names served with a priority class, deadline and offload policy."
     )

@@ -202,7 +202,7 @@ class ServingCore:
         model.ready = True
         if self.started and self.config.expose_models and manifest.name not in self._pipelines:
             self._active.setdefault(manifest.name, manifest.version)
-            self._pipelines[manifest.name] = PipelineSpec(name=manifest.name, model=manifest.name)
+            self._pipelines[manifest.name] = self._exposed(manifest.name)
         logger.info("model %s ready on %s", model.key, runtime.info.provider)
         return model
 
@@ -259,7 +259,7 @@ class ServingCore:
         pipelines: dict[str, PipelineSpec] = {}
         if self.config.expose_models:
             for name in self._models:
-                pipelines[name] = PipelineSpec(name=name, model=name)
+                pipelines[name] = self._exposed(name)
         for spec in self.config.pipelines if specs is None else specs:
             versions = self._models.get(spec.model)
             problem = None
@@ -274,6 +274,10 @@ class ServingCore:
                 continue
             pipelines[spec.name] = spec
         return pipelines
+
+    def _exposed(self, model: str) -> PipelineSpec:
+        """The pipeline a model is served under by its own name (expose_models)."""
+        return PipelineSpec(name=model, model=model, deadline_ms=self.config.expose_deadline_ms)
 
     def _register_stats(self) -> None:
         for spec in self._pipelines.values():

@@ -154,3 +154,21 @@ def test_doctor_is_wired(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     monkeypatch.setattr(edge_agent.doctor, "run_doctor", fake_doctor)
     assert main(["doctor", "--zoo-dir", "/x"]) == 3
     assert calls == [Path("/x")]
+
+
+async def test_standalone_models_get_the_pool_deadline_and_the_flag_overrides_it() -> None:
+    from edge_agent.cli import _serve_config
+    from edge_agent.serving import ServingCore
+    from edge_agent.store import collect
+
+    parser, _ = build_parser()
+    base = ["serve", "--standalone", "--model-dir", str(PACKAGES_DIR), "--trust", str(ZOO_PUBLIC_KEY_FILE)]
+    assert _serve_config(parser.parse_args(base)).expose_deadline_ms == 60_000
+    config = _serve_config(parser.parse_args([*base, "--deadline-ms", "250"]))
+    core = ServingCore(config)
+    packages, active = collect(config)
+    await core.start(packages, active)
+    try:
+        assert {p.deadline_ms for p in core.pipelines().values()} == {250}
+    finally:
+        await core.aclose()
