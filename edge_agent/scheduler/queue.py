@@ -29,7 +29,9 @@ class Expired(Unavailable):
 class Request:
     """One caller's inputs, its class rank and absolute deadline, and the Future its answer goes to."""
 
-    __slots__ = ("deadline", "enqueued_at", "future", "inputs", "queued", "rank", "rows", "seq")
+    # __weakref__: the expiry heap refers to requests weakly, so a finished request (and its input
+    # tensors, often views of a large request body) is freed at once, not when its deadline passes.
+    __slots__ = ("__weakref__", "deadline", "enqueued_at", "future", "inputs", "queued", "rank", "rows", "seq")
 
     def __init__(
         self,

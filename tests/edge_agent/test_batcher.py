@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -223,3 +225,20 @@ async def test_remove_queue_drains_and_close_fails_queued() -> None:
     assert busy.result()["y"].shape == (1, 1)
     with pytest.raises(Unavailable):
         batcher.submit("n", rows(1), 1)
+
+
+async def test_finished_requests_are_freed_before_their_deadline() -> None:
+    """A served request's inputs (often views of a large HTTP body) must not live until its deadline."""
+    batcher = Batcher(depth=1)
+    batcher.add_queue("m", Recorder(), ("x",), max_batch_size=4)
+    deadline = batcher.now() + 3600.0  # far away: only the heap's own bookkeeping could keep them alive
+    inputs = [rows(1, i) for i in range(2000)]
+    watched = [weakref.ref(x["x"]) for x in inputs]
+    for chunk in range(0, 2000, 100):
+        futures = [batcher.submit("m", x, 1, deadline=deadline) for x in inputs[chunk : chunk + 100]]
+        await asyncio.gather(*futures)
+    del inputs, futures
+    gc.collect()
+    assert sum(ref() is not None for ref in watched) == 0
+    assert len(batcher._expiry) < 600  # compacted: bounded by what is queued, not by what was served
+    await batcher.aclose()
