@@ -158,15 +158,15 @@ class Batcher:
         lane = self._lane_for(rank)
         total = lane.remaining_s(self._clock.time())
         batch_s = self.estimates.batch_s
-        own = False
+        ranks = [r for r in range(rank + 1) if self._lane_for(r) is lane]
         for queue in self._queues.values():
-            for r in range(rank + 1):
-                if self._lane_for(r) is not lane:
-                    continue
-                extra = rows if r == rank and queue.key == key else 0
-                own = own or extra > 0
-                total += queue.work_s(r, extra, partial(batch_s, queue.key))
-        if not own:
+            queued = queue.rows
+            if queue.key == key or any(queued[r] for r in ranks):  # the hot path: most queues are empty
+                per_batch = partial(batch_s, queue.key)
+                for r in ranks:
+                    extra = rows if r == rank and queue.key == key else 0
+                    total += queue.work_s(r, extra, per_batch)
+        if key not in self._queues:
             total += batch_s(key, rows)
         return total
 
