@@ -179,7 +179,14 @@ async def _role_hub(port: int, data_dir: str, db_url: str, warm: int, expect: in
     from cloud_hub.hub import Hub
 
     logging.basicConfig(level=logging.WARNING)
-    config = HubConfig(data_dir=Path(data_dir), database_url=db_url, brokers=(f"mqtt://127.0.0.1:{port}",))
+    # A clean session per round: the bench publishes at QoS 0 and joins the same $share group with its raw
+    # consumer, so a previous round's persistent hub session would take its round-robin share and drop it.
+    config = HubConfig(
+        data_dir=Path(data_dir),
+        database_url=db_url,
+        brokers=(f"mqtt://127.0.0.1:{port}",),
+        mqtt_session_expiry_s=0,
+    )
     async with Hub(config) as hub:
         assert hub.ingest is not None
         hub.ingest.writer.load_every_s = 0.0  # one devices-row update per report, as at a 10 s interval

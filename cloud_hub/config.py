@@ -40,6 +40,26 @@ class HubConfig(BaseModel):
     share_group: str = Field(default="edgefleet-hub", description="Shared-subscription group of the replicas.")
     telemetry_interval_s: PositiveFloat = Field(default=10.0, description="Load report period given to devices.")
     mqtt_keepalive_s: PositiveInt = Field(default=30, description="Keepalive of the hub's own MQTT link.")
+    mqtt_client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="MQTT client id of this replica; default edgefleet-hub-<random>, kept in data_dir/mqtt-client-id.",
+    )
+    mqtt_session_expiry_s: int = Field(
+        default=86_400,
+        ge=0,
+        le=4_294_967_295,
+        description="How long the broker keeps this replica's session (subscriptions, queued QoS 1 messages) "
+        "while it is away; 0 = a clean session (nothing kept).",
+    )
+    mqtt_receive_maximum: int = Field(
+        default=10_000,
+        ge=1,
+        le=65_535,
+        description="Unacknowledged QoS 1 messages the broker may have in flight to the hub (acknowledged after "
+        "their batch is committed).",
+    )
     batch_max_rows: PositiveInt = Field(default=1000, description="Flush ingest writes at this many rows.")
     batch_max_delay_ms: PositiveInt = Field(default=200, description="Flush ingest writes after this long.")
     telemetry_retention_s: PositiveFloat = Field(default=86_400.0, description="Telemetry rows older are pruned.")

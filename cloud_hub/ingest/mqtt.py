@@ -7,6 +7,18 @@ loop thread with no thread hop and no GIL hand-off per message. The client is `L
 (paho_client.py): buffered reads and a direct (topic, payload) path for plain publishes. SUBACK/PUBACK
 are awaited with one Future per message id, removed in `finally`; every (re)connect resubscribes; an
 authentication failure stops retrying; other failures reconnect with jittered exponential backoff.
+
+Persistent session (`session_expiry_s`): the link connects with `clean_start=False` and a Session Expiry
+Interval under a stable `client_id`, so the broker keeps its subscriptions and queues QoS 1 messages while
+the link is away (mosquitto: up to `max_queued_messages`). Resubscribing on every connect stays: it is
+harmless when the session was present, and needed after a mosquitto 2.0.11 restart, which restores a
+persisted `$share/...` subscription as a plain one that matches nothing (docs/reliability.md).
+
+Acknowledge after commit (`manual_ack=True`): QoS 1 messages are not PUBACKed on receipt; their ids
+collect until the owner calls `take_acks()` (before it commits what those messages produced) and then the
+returned function (after the commit). A crash in between leaves them unacknowledged, so the broker sends
+them again on the next connect of the session. The link announces `receive_maximum` so the broker may
+have that many unacknowledged messages in flight (mosquitto's default for a client that says nothing: 20).
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -68,6 +81,12 @@ class BrokerUrl:
 
 
 MessageHandler = Callable[[str, bytes], None]
+
+
+def _nothing() -> None:
+    pass
+
+
 # Packets read per readable event before yielding to the event loop.
 READ_BATCH = 500
 
@@ -88,9 +107,17 @@ class MqttLink:
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
         on_connected: Callable[[bool], None] | None = None,
+        session_expiry_s: int | None = None,
+        manual_ack: bool = False,
+        receive_maximum: int | None = None,
+        on_pending_ack: Callable[[], None] | None = None,
     ) -> None:
         if url.tls and ssl_context is None:
             raise ConfigError(f"{url} needs a TLS context")
+        if manual_ack and any(qos > 1 for _, qos in subscriptions):
+            raise ConfigError("manual_ack supports QoS 0/1 subscriptions only")
+        if session_expiry_s is not None and not client_id:
+            raise ConfigError("a persistent session needs a stable client_id")
         self.url = url
         self.subscriptions = tuple(subscriptions)
         self.on_message = on_message
@@ -108,11 +135,20 @@ class MqttLink:
         self._task: asyncio.Task[None] | None = None
         self._misc: asyncio.Task[None] | None = None
         self._closing = False
+        self.session_expiry_s = session_expiry_s
+        self.receive_maximum = receive_maximum
+        self.manual_ack = manual_ack
+        self.on_pending_ack = on_pending_ack
+        self.session_present: bool | None = None  # CONNACK's flag of the last connect
+        self._unacked: list[int] = []  # QoS 1 message ids received on this connection, not yet acknowledged
+        self._epoch = 0  # connection count: ids of an earlier connection must never be acknowledged
         client = LeanClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"edgefleet-hub-{uuid.uuid4().hex[:12]}",
             protocol=mqtt.MQTTv5,
             on_publish=self._on_publish_fast,
+            on_unacked=self._note_unacked if manual_ack else None,
+            manual_ack=manual_ack,
         )
         if ssl_context is not None:
             client.tls_set_context(ssl_context)
@@ -178,6 +214,29 @@ class MqttLink:
             return
         await self._await_mid(info.mid, f"PUBACK for {topic}")
 
+    def take_acks(self) -> Callable[[], None]:
+        """Take the ids of the messages received so far; the returned function acknowledges them.
+
+        Call it before committing what those messages produced and the result after the commit. Ids from a
+        connection that has since been lost are not acknowledged (the broker redelivers those messages)."""
+        mids, epoch = self._unacked, self._epoch
+        if not mids:
+            return _nothing
+        self._unacked = []
+
+        def release() -> None:
+            if epoch != self._epoch or not self.client.is_connected():
+                return
+            for mid in mids:
+                self.client.ack(mid, 1)
+
+        return release
+
+    def _note_unacked(self, mid: int) -> None:
+        self._unacked.append(mid)
+        if self.on_pending_ack is not None:
+            self.on_pending_ack()
+
     # --- connect / reconnect ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -189,7 +248,7 @@ class MqttLink:
                 await self._subscribe_all()
                 self.connected.set()
                 self._notify(True)
-                log.info("connected to broker %s", self.url)
+                log.info("connected to broker %s (session present: %s)", self.url, self.session_present)
                 assert self._lost is not None
                 reason = await self._lost
                 log.warning("lost broker %s: %s", self.url, reason)
@@ -211,10 +270,25 @@ class MqttLink:
     async def _connect_once(self) -> None:
         self._connack = self._loop.create_future()
         self._lost = self._loop.create_future()
+        self._epoch += 1
+        self._unacked = []
+        self.session_present = None
+        props: Properties | None = None
+        if self.session_expiry_s is not None or self.receive_maximum is not None:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            if self.session_expiry_s is not None:
+                props.SessionExpiryInterval = self.session_expiry_s
+            if self.receive_maximum is not None:
+                props.ReceiveMaximum = self.receive_maximum
+        clean = self.session_expiry_s is None
+
         # connect() resolves the name and does the TLS handshake synchronously: keep it off the loop.
-        rc = await self._loop.run_in_executor(
-            None, lambda: self.client.connect(self.url.host, self.url.port, self.keepalive_s, clean_start=True)
-        )
+        def connect() -> MQTTErrorCode:
+            return self.client.connect(
+                self.url.host, self.url.port, self.keepalive_s, clean_start=clean, properties=props
+            )
+
+        rc = await self._loop.run_in_executor(None, connect)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttLinkError(f"connect failed: {mqtt.error_string(rc)}")
         self._misc = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc {self.url}")
@@ -274,7 +348,8 @@ class MqttLink:
         else:
             self._loop.call_soon_threadsafe(fn)
 
-    def _on_connect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None) -> None:
+    def _on_connect(self, _c: mqtt.Client, _u: Any, flags: Any, reason: ReasonCode, _p: Properties | None) -> None:
+        self.session_present = bool(getattr(flags, "session_present", False))
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(reason)
 
@@ -299,6 +374,8 @@ class MqttLink:
             self.on_message(message.topic, bytes(message.payload))
         except Exception:
             log.exception("message handler failed on %s", message.topic)
+        if self.manual_ack and message.qos == 1:
+            self._note_unacked(message.mid)
 
     def _on_publish_fast(self, topic: str, payload: bytes) -> None:
         try:

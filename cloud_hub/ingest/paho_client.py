@@ -9,8 +9,10 @@ two mutexes. This subclass
 - serves paho's small reads from one 64 KiB recv() (`buffered()` says when bytes wait there, which epoll
   cannot see), and
 - decodes a v5 QoS 0/1 PUBLISH that carries no properties straight into `on_publish(topic, payload)`,
-  then acknowledges QoS 1 as paho would. Anything else (QoS 2, properties present, MQTT 3, a topic that
-  is not UTF-8, a truncated packet) goes through paho's own code and `on_message`.
+  then acknowledges QoS 1 as paho would, or, with `manual_ack=True`, hands its message id to
+  `on_unacked(mid)` so the owner acknowledges it later (`ack(mid, 1)`, e.g. once it is committed).
+  Anything else (QoS 2, properties present, MQTT 3, a topic that is not UTF-8, a truncated packet) goes
+  through paho's own code and `on_message`.
 
 Both override private methods of paho 2.x (`_sock_recv`, `_handle_publish`), so the test suite checks
 that the installed paho still calls them; if a paho release stops doing so, the stock paths simply run.
@@ -33,9 +35,12 @@ PublishHandler = Callable[[str, bytes], None]
 class LeanClient(mqtt.Client):
     """A paho `Client` whose receive path skips paho's per-message objects for plain publishes."""
 
-    def __init__(self, *args: Any, on_publish: PublishHandler, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, on_publish: PublishHandler, on_unacked: Callable[[int], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.on_fast_publish = on_publish
+        self.on_unacked = on_unacked
         self.fast_publishes = 0  # how many took the lean path (tests, debugging)
         self._rbuf = b""
         self._rpos = 0
@@ -88,6 +93,10 @@ class LeanClient(mqtt.Client):
             return super()._handle_publish()
         self.fast_publishes += 1
         self.on_fast_publish(topic, bytes(memoryview(packet)[props_at + 1 :]))
-        if qos == 1 and not self._manual_ack:
-            return self._send_puback((packet[topic_end] << 8) | packet[topic_end + 1])
+        if qos == 1:
+            mid = (packet[topic_end] << 8) | packet[topic_end + 1]
+            if not self._manual_ack:
+                return self._send_puback(mid)
+            if self.on_unacked is not None:
+                self.on_unacked(mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS

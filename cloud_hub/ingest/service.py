@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
+import secrets
+from pathlib import Path
 
 from prometheus_client import Gauge
 
 from cloud_hub.config import HubConfig
+from cloud_hub.errors import ConfigError
 from cloud_hub.fleet.devices import DeviceService
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.ingest.dispatch import Dispatcher
@@ -17,11 +22,41 @@ from cloud_hub.ingest.writer import BatchWriter
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.pki import HubIdentity
 from cloud_hub.store import Store, devices
+from models.atomic import write_atomic
 from protocols.topics import Topics
 
 log = logging.getLogger(__name__)
 
 MAX_UNKNOWN_LOOKUPS = 10_000
+CLIENT_ID_FILE = "mqtt-client-id"
+MAX_CLIENT_ID_SLOTS = 64
+
+
+def hub_client_id(config: HubConfig) -> tuple[str, int | None]:
+    """This replica's MQTT client id, and the fd of the lock that reserves it (close it when stopping).
+
+    The configured id, else the one made at first start in the data dir. It must be stable across restarts
+    (the broker keeps the session, and what it queued, under it) and unique per replica (a second connection
+    with the same id takes the session over and cuts the first). So each id file is held with an exclusive
+    lock while the hub runs; a second process on the same data dir takes the next file
+    (`mqtt-client-id.1`, ...), made once and reused, instead of stealing the first one's session."""
+    if config.mqtt_client_id:
+        return config.mqtt_client_id, None
+    for slot in range(MAX_CLIENT_ID_SLOTS):
+        path: Path = config.data_dir / (CLIENT_ID_FILE if slot == 0 else f"{CLIENT_ID_FILE}.{slot}")
+        if not path.exists():
+            write_atomic(path, f"edgefleet-hub-{secrets.token_hex(8)}\n".encode("ascii"), 0o600)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # another hub process on this data dir holds it
+        client_id = path.read_text(encoding="ascii").strip()
+        if client_id:
+            return client_id, fd
+        os.close(fd)
+    raise ConfigError(f"no free MQTT client id in {config.data_dir}: set mqtt_client_id")
 
 
 def subscriptions(topics: Topics, group: str) -> list[tuple[str, int]]:
@@ -68,6 +103,8 @@ class IngestService:
         )
         self.dispatcher = Dispatcher(self.topics, fleet, self.writer, metrics, on_unknown=self._unknown)
         self.links: list[MqttLink] = []
+        self.client_id = ""
+        self._id_lock: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._unknown_ids: set[str] = set()
         self._lookup = asyncio.Event()
@@ -75,6 +112,8 @@ class IngestService:
     async def start(self) -> None:
         """Load device statuses, then start the writer, the refresher and one link per broker."""
         await self.device_service.refresh_statuses()
+        self.client_id, self._id_lock = hub_client_id(self.config)
+        persistent = self.config.mqtt_session_expiry_s > 0
         self._tasks.append(asyncio.create_task(self.writer.run(), name="ingest-writer"))
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="registry-refresh"))
         for url in self.config.brokers:
@@ -92,7 +131,13 @@ class IngestService:
                 ssl_context=ctx,
                 keepalive_s=self.config.mqtt_keepalive_s,
                 on_connected=connected,
+                client_id=self.client_id,
+                session_expiry_s=self.config.mqtt_session_expiry_s if persistent else None,
+                manual_ack=True,
+                receive_maximum=self.config.mqtt_receive_maximum,
+                on_pending_ack=self.writer.wake,
             )
+            self.writer.ack_sources.append(link.take_acks)
             self.links.append(await link.start())
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
@@ -101,10 +146,16 @@ class IngestService:
             await link.wait_connected(timeout_s)
 
     async def aclose(self) -> None:
-        """Close the links, write what is buffered, stop the tasks."""
+        """Write what is buffered (acknowledging it), close the links, stop the tasks."""
+        try:
+            await self.writer.drain()
+        except Exception:
+            log.exception("final ingest flush failed")
         for link in self.links:
             await link.aclose()
         try:
+            # What arrived meanwhile is written but not acknowledged: the broker sends it again (a duplicate
+            # that the database's (device, boot, seq) key skips).
             await self.writer.drain()
         except Exception:
             log.exception("final ingest flush failed")
@@ -113,6 +164,9 @@ class IngestService:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._id_lock is not None:
+            os.close(self._id_lock)
+            self._id_lock = None
 
     def _unknown(self, device_id: str) -> None:
         # A device provisioned through another replica: look it up soon (its next message is accepted).

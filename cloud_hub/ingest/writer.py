@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pydantic_core
@@ -56,6 +57,9 @@ class BatchWriter:
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        # Broker links acknowledging after commit (MqttLink.take_acks): taken when a flush takes its batch,
+        # released once that batch is written, so a crash never loses a message the broker counts delivered.
+        self.ack_sources: list[Callable[[], Callable[[], None]]] = []
 
     # --- producers (sync, hot path) -----------------------------------------------------------------
 
@@ -81,6 +85,10 @@ class BatchWriter:
     def note_load(self, device_id: str, report: LoadReport, received_at: float, summary: dict[str, Any]) -> None:
         """Remember the device's newest report for its devices row (written at most every `load_every_s`)."""
         self._loads[device_id] = (report, received_at, summary)
+
+    def wake(self) -> None:
+        """Make the flush loop run soon (messages wait for their acknowledgement, even ones dropped)."""
+        self._has_data.set()
 
     @property
     def pending(self) -> int:
@@ -145,11 +153,15 @@ class BatchWriter:
         loads = self._take_loads(force)
         rows, updates = self._rows, self._updates
         self._rows, self._updates = [], {}
+        releases = [take() for take in self.ack_sources]
         self._has_data.clear()
         self._full.clear()
         if not rows and not updates and not loads:
+            for release in releases:
+                release()
             return
         self._idle.clear()
+        finished = False  # stays False if cancelled mid-write: then nothing is acknowledged
         try:
             to_json = pydantic_core.to_json
             encoded = [(d, b, seq, sent, recv, to_json(p).decode()) for d, b, seq, sent, recv, p in rows]
@@ -157,7 +169,9 @@ class BatchWriter:
                 await telemetry.insert_rows(conn, encoded)
                 await devices.apply_loads(conn, loads)
                 await devices.apply_updates(conn, updates)
+            finished = True
         except Exception:
+            finished = True
             # The DB may be away for a moment; losing a batch of telemetry beats stalling ingest.
             self.metrics.dropped.labels(reason="db_error").inc(len(rows) or 1)
             log.exception("ingest write of %d rows and %d device updates failed", len(rows), len(updates))
@@ -165,6 +179,11 @@ class BatchWriter:
             self.metrics.db_batches.inc()
             self.metrics.db_rows.inc(len(rows))
         finally:
+            # Acknowledged after a failed write too: the batch is dropped and counted, as ingest never stalls
+            # on the database (not acknowledging would only fill the broker's in-flight window).
+            if finished:
+                for release in releases:
+                    release()
             self._idle.set()
 
     async def drain(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +27,7 @@ from cloud_hub.api import serve_hub
 from cloud_hub.hub import Hub
 from cloud_hub.ingest.mqtt import BrokerUrl, MqttLink
 from cloud_hub.ingest.paho_client import RECV_CHUNK
+from cloud_hub.ingest.service import hub_client_id
 from cloud_hub.pki import HubIdentity
 from cloud_hub.store import Store, devices, schema, telemetry
 
@@ -143,6 +145,49 @@ async def test_unknown_device_is_dropped(
         assert ingest_hub.fleet.get("ghost") is None
     finally:
         ghost.close()
+
+
+async def test_reports_made_while_the_hub_is_down_arrive_once_after_it_restarts(
+    hub_broker: Mosquitto, hub_data_dir: Path, db_url: str, tmp_path: Path
+) -> None:
+    """The hub's session outlives it: a stable client id (kept in the data dir), clean_start=False and a
+    session expiry, so the broker queues QoS 1 telemetry while the hub is away and delivers it on return."""
+    config = hub_config(hub_data_dir, db_url, brokers=(f"mqtts://127.0.0.1:{hub_broker.port}",), batch_max_delay_ms=50)
+    n = 40
+    async with serve_hub(config) as hub:
+        assert hub.ingest is not None
+        await hub.ingest.wait_connected(10)
+        client_id = hub.ingest.client_id
+        assert (hub_data_dir / "mqtt-client-id").read_text().strip() == client_id
+        # A second hub process on the same data dir gets its own stable id instead of taking this session.
+        other, lock = hub_client_id(config)
+        assert other != client_id and (hub_data_dir / "mqtt-client-id.1").read_text().strip() == other
+        assert lock is not None
+        os.close(lock)
+        api = Api(hub)
+        token = (await api.claim())["token"]
+        dev = await _device(api, token, "dev-q", hub_broker, tmp_path)
+        await asyncio.to_thread(dev.publish, TOPICS.state("dev-q"), birth("dev-q"), retain=True)
+        await asyncio.to_thread(dev.publish, TOPICS.telemetry("dev-q"), load_report("dev-q", 1))
+        await until(lambda: hub.fleet.devices["dev-q"].last_seq == 1, what="seq 1 before the stop")
+    try:
+        # The hub is stopped: every report is acknowledged by the broker (QoS 1) and queued for the session.
+        for seq in range(2, n + 2):
+            await asyncio.to_thread(dev.publish, TOPICS.telemetry("dev-q"), load_report("dev-q", seq))
+        async with serve_hub(config) as hub:
+            assert hub.ingest is not None
+            await hub.ingest.wait_connected(10)
+            link = hub.ingest.links[0]
+            assert hub.ingest.client_id == client_id and link.session_present is True
+            await until(lambda: (d := hub.fleet.get("dev-q")) is not None and d.last_seq == n + 1, what="all")
+            await hub.ingest.writer.drain()
+            async with hub.store.begin() as conn:
+                rows = await telemetry.recent(conn, "dev-q")
+            assert [r["seq"] for r in rows] == list(range(1, n + 2))  # all of them, once each
+            assert hub.metrics.duplicates._value.get() == 0
+            assert link.client.fast_publishes >= n
+    finally:
+        dev.close()
 
 
 @pytest.mark.parametrize("how", ["kill", "freeze"])

@@ -3,6 +3,9 @@ a safety and a standard pipeline and reports telemetry through it to a real hub.
 
 Must hold: zero failed local requests, every answer equal to onnxruntime's, safety p99 within its deadline,
 the link back up after every restart, and every telemetry report stored by the hub (seq contiguous per boot).
+
+The broker runs with persistence on, as in production (deploy/mosquitto/mosquitto.conf): the hub's persistent
+session, its subscriptions and what is queued for it survive a restart only then.
 """
 
 from __future__ import annotations
@@ -28,7 +31,18 @@ from fault_support import (
 pytestmark = [pytest.mark.slow]
 
 
+async def _persistent_broker(frig: FaultRig) -> None:
+    """Turn the rig's broker (the production config with persistence off) into production's: persistence on."""
+    conf = frig.workdir / "mosquitto.conf"
+    lines = [line for line in conf.read_text().splitlines() if not line.startswith("persistence")]
+    lines += ["persistence true", f"persistence_location {frig.workdir}/"]
+    conf.write_text("\n".join(lines) + "\n")
+    await frig.restart_broker(signal.SIGTERM)
+    await asyncio.sleep(3)  # the hub reconnects (jittered backoff) and creates its session on this broker
+
+
 async def _restart_loop(frig: FaultRig, restarts: int, up_s: float) -> None:
+    await _persistent_broker(frig)
     agent = await frig.add_fault_agent("dev-b", (SAFETY, STANDARD))
     async with Traffic(lambda: agent.url, frig.refs) as traffic:
         traffic.paced(SAFETY.name, 20)
@@ -60,8 +74,9 @@ async def _restart_loop(frig: FaultRig, restarts: int, up_s: float) -> None:
     print(f"broker restarts={restarts} requests={len(traffic.outcomes)} safety_p99_ms={p99(safety) * 1000:.0f} "
           f"reports_stored={len(rows)} reports_lost={len(lost)} {lost}")  # fmt: skip
     if lost:
-        # Known (docs/reliability.md): the agent's spool covers the broker being away, but the hub ingests on a
-        # clean MQTT session, so what the agent publishes after its own reconnect and before the hub's is lost.
+        # Known (docs/reliability.md): the hub's session survives the restart (persistence on), but mosquitto
+        # 2.0.11 restores a persisted `$share/...` subscription as a plain one that matches nothing, so shared
+        # telemetry the agent publishes after its reconnect and before the hub's re-subscribe has no subscriber.
         pytest.xfail(f"hub missed {len(lost)} reports published before it re-subscribed: seqs {lost}")
 
 
