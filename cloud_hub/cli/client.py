@@ -62,8 +62,12 @@ class HubClient:
         )
         if not self.url.startswith(("https://", "http://")):
             raise ConfigError(f"hub URL {self.url!r} must be https://")
+        return self.send(req, self.timeout_s)
+
+    def send(self, req: urllib.request.Request, timeout_s: float) -> dict[str, Any]:
+        """Send a prepared request to the hub; its JSON answer, or ApiError with the hub's `error`."""
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s, context=self.ssl_context) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=timeout_s, context=self.ssl_context) as resp:  # noqa: S310
                 result: dict[str, Any] = json.loads(resp.read())
                 return result
         except urllib.error.HTTPError as exc:

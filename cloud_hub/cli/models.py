@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from cloud_hub.cli import render
-from cloud_hub.cli.client import ApiError, HubClient
+from cloud_hub.cli.client import HubClient
 from cloud_hub.errors import ConfigError, HubError
 
 CHUNK = 1 << 20
@@ -143,15 +142,4 @@ def upload(
                 "Content-Length": str(size),
             },
         )
-        try:
-            with urllib.request.urlopen(req, timeout=600, context=client.ssl_context) as resp:  # noqa: S310
-                result: dict[str, Any] = json.loads(resp.read())
-                return result
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read()).get("error", exc.reason)
-            except (ValueError, AttributeError):
-                message = exc.reason
-            raise ApiError(exc.code, str(message)) from exc
-        except urllib.error.URLError as exc:
-            raise HubError(f"cannot reach the hub at {client.url}: {exc.reason}") from exc
+        return client.send(req, 600.0)
