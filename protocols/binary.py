@@ -13,26 +13,31 @@ from __future__ import annotations
 
 import json
 import math
-import struct
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 
-from protocols.common import ProtocolError
-from protocols.datatypes import DATATYPES, from_numpy, numpy_dtype
+from protocols.binary_encode import encode_request, encode_response
+from protocols.codec_common import _DTYPES, _U32, HEADER_LENGTH, CodecError
 
-HEADER_LENGTH: Final = "Inference-Header-Content-Length"
+__all__ = [
+    "HEADER_LENGTH",
+    "CodecError",
+    "DecodedRequest",
+    "RequestedOutput",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+]
 
-_DTYPES: Final[dict[str, np.dtype[Any]]] = {d: numpy_dtype(d) for d in DATATYPES}
 _INT_RANGE: Final[dict[str, tuple[int, int]]] = {
     d: (int(np.iinfo(t).min), int(np.iinfo(t).max)) for d, t in _DTYPES.items() if t.kind in "iu"
 }
 _REQUEST_KEYS: Final = frozenset({"id", "parameters", "inputs", "outputs"})
 _TENSOR_KEYS: Final = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_KEYS: Final = frozenset({"name", "parameters"})
-_U32: Final = struct.Struct("<I")
 # numpy 1.x arrays have at most 32 dimensions (2.x: 64) and dimensions fit an int64: beyond either, numpy
 # raises ValueError, which must be a 400 for the client, not a 500.
 _MAX_DIMS: Final = 32
@@ -40,11 +45,6 @@ _MAX_DIM: Final = (1 << 63) - 1
 # numpy also refuses an empty shape whose non-zero dimensions multiply past int64 (x itemsize); no tensor
 # a body can carry comes near this.
 _MAX_ELEMENTS: Final = 1 << 58
-_JSON_SEPARATORS: Final = (",", ":")
-
-
-class CodecError(ProtocolError):
-    """A V2 body is malformed; the message says what is wrong (HTTP 400)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,108 +390,3 @@ def _decode_raw(body: bytes, raw_input: tuple[str, str, tuple[int, ...]] | None)
         if datatype == "BOOL" and count and array.view(np.uint8).max() > 1:
             raise CodecError(f"{where}: BOOL bytes must be 0 or 1")
     return DecodedRequest(id=None, parameters={}, inputs={name: array.reshape(shape)}, outputs=None, binary_output=True)
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-def encode_response(
-    *,
-    model_name: str,
-    model_version: str | None,
-    id: str | None,
-    outputs: Mapping[str, np.ndarray[Any, Any]],
-    binary: Callable[[str], bool] | bool,
-    parameters: Mapping[str, Any] | None = None,
-) -> tuple[bytes, int | None]:
-    """Encode an infer response; returns (body, JSON header length or None when nothing is binary)."""
-    header: dict[str, Any] = {"model_name": model_name}
-    if model_version is not None:
-        header["model_version"] = model_version
-    if id is not None:
-        header["id"] = id
-    if parameters:
-        header["parameters"] = dict(parameters)
-    header["outputs"], chunks = _encode_tensors(outputs, binary)
-    return _assemble(header, chunks)
-
-
-def encode_request(
-    *,
-    inputs: Mapping[str, np.ndarray[Any, Any]],
-    outputs: Sequence[str] | None = None,
-    id: str | None = None,
-    parameters: Mapping[str, Any] | None = None,
-    binary: bool = True,
-) -> tuple[bytes, int | None]:
-    """Encode an infer request (inputs and requested outputs binary or JSON); returns (body, header length)."""
-    header: dict[str, Any] = {}
-    if id is not None:
-        header["id"] = id
-    request_parameters = dict(parameters) if parameters else {}
-    if outputs is None:
-        if binary:
-            request_parameters["binary_data_output"] = True
-    else:
-        header["outputs"] = [{"name": name, "parameters": {"binary_data": binary}} for name in outputs]
-    if request_parameters:
-        header["parameters"] = request_parameters
-    header["inputs"], chunks = _encode_tensors(inputs, binary)
-    return _assemble(header, chunks)
-
-
-def _encode_tensors(
-    arrays: Mapping[str, np.ndarray[Any, Any]], binary: Callable[[str], bool] | bool
-) -> tuple[list[dict[str, Any]], list[bytes] | None]:
-    """Tensor descriptions for the header, and the binary chunks (None when no tensor is binary)."""
-    tensors: list[dict[str, Any]] = []
-    chunks: list[bytes] | None = None
-    for name, value in arrays.items():
-        array = np.asarray(value)
-        try:
-            datatype = from_numpy(array.dtype)
-        except ValueError as exc:
-            raise CodecError(f"tensor {name!r}: {exc}") from exc
-        as_binary = binary if type(binary) is bool else bool(binary(name))
-        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        raw: bytes | None = None
-        if datatype == "BYTES":
-            items = _bytes_items(array, name)
-            if not as_binary:
-                try:
-                    tensor["data"] = [item.decode() for item in items]
-                except UnicodeDecodeError:
-                    as_binary = True  # JSON strings cannot carry it; tritonclient reads binary either way
-            if as_binary:
-                raw = b"".join(part for item in items for part in (_U32.pack(len(item)), item))
-        elif as_binary:
-            raw = array.astype(_DTYPES[datatype], copy=False).tobytes()
-        else:
-            tensor["data"] = array.ravel().tolist()
-        if raw is not None:
-            tensor["parameters"] = {"binary_data_size": len(raw)}
-            if chunks is None:
-                chunks = []
-            chunks.append(raw)
-        tensors.append(tensor)
-    return tensors, chunks
-
-
-def _bytes_items(array: np.ndarray[Any, Any], name: str) -> list[bytes]:
-    items = array.ravel().tolist()
-    for i, item in enumerate(items):
-        if type(item) is not bytes:
-            if isinstance(item, str):
-                items[i] = item.encode()
-            elif isinstance(item, bytes):
-                items[i] = bytes(item)
-            else:
-                raise CodecError(f"tensor {name!r}: BYTES element {i} is {type(item).__name__}, not bytes/str")
-    return items
-
-
-def _assemble(header: dict[str, Any], chunks: list[bytes] | None) -> tuple[bytes, int | None]:
-    head = json.dumps(header, separators=_JSON_SEPARATORS).encode()
-    if chunks is None:
-        return head, None
-    return b"".join([head, *chunks]), len(head)
