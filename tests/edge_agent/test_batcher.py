@@ -6,49 +6,17 @@ import asyncio
 import gc
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pytest
+from scheduler_support import FakeClock
 
 from edge_agent.errors import InferenceFailed, NotFound, Unavailable
 from edge_agent.scheduler import Batcher
 
 Arrays = Mapping[str, np.ndarray[Any, Any]]
-
-
-class FakeClock:
-    """Monotonic time that moves only when told; timers fire on `advance`."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.timers: list[FakeTimer] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[[], object], /) -> FakeTimer:
-        timer = FakeTimer(when, callback)
-        self.timers.append(timer)
-        return timer
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        due = [t for t in self.timers if t.when <= self.now and not t.cancelled]
-        self.timers = [t for t in self.timers if t not in due]
-        for timer in due:
-            timer.callback()
-
-
-class FakeTimer:
-    def __init__(self, when: float, callback: Callable[[], object]) -> None:
-        self.when = when
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 class Recorder:

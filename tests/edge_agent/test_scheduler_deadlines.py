@@ -7,7 +7,8 @@ import threading
 
 import numpy as np
 import pytest
-from test_scheduler_priority import BEST_EFFORT, SAFETY, STANDARD, FakeClock, FixedTimes, Runner, rows, settle
+from scheduler_support import FakeClock
+from test_scheduler_priority import BEST_EFFORT, SAFETY, STANDARD, FixedTimes, Runner, rows, settle
 
 from edge_agent.http.errors import error_response
 from edge_agent.scheduler import Batcher, Expired, ServiceTimes
