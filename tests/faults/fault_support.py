@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from rollout_support import Agent, Rig
+from rollout_support import Agent, Rig, until  # noqa: F401  # until: re-exported for the fault tests
 
 from cloud_hub.demo import fleet
 from cloud_hub.demo import rollout as demo_rollout
@@ -396,17 +396,3 @@ def contiguous_per_boot(rows: Sequence[tuple[str, int, float]]) -> dict[str, lis
     for boot, seq, _ in rows:
         by_boot.setdefault(boot, []).append(seq)
     return {b: sorted(set(range(min(s), max(s) + 1)) - set(s)) for b, s in by_boot.items()}
-
-
-async def until(check: Callable[[], Any], timeout_s: float = 30, what: str = "condition") -> None:
-    """Poll an async or sync predicate every 0.2 s."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.2)

@@ -1,0 +1,73 @@
+"""The Prometheus config and the Grafana dashboard scrape and plot what the code exports."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from deploy_support import (
+    DEPLOY,
+    compose,
+    dashboard,
+    dashboard_queries,
+    exported_metric_names,
+    load_yaml,
+    promql_metric_names,
+    routes,
+)
+
+
+def test_prometheus_scrapes_agents_and_hub_metrics_paths() -> None:
+    (conf,) = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    jobs = {j["job_name"]: j for j in conf["scrape_configs"]}
+    agent_routes, hub_routes = routes("edge_agent"), routes("cloud_hub")
+    assert "/metrics" in agent_routes, "the agent serves no /metrics"
+    assert "/metrics" in hub_routes, "cloud_hub registers no /metrics route; the scrape config expects GET /metrics"
+    assert jobs["edgefleet-agent"]["metrics_path"] in agent_routes
+    assert jobs["edgefleet-agent"]["scheme"] == "http"
+    for name in ("edgefleet-hub", "edgefleet-hub-k8s"):
+        assert jobs[name]["metrics_path"] in hub_routes and jobs[name]["scheme"] == "https"
+        assert jobs[name]["tls_config"]["ca_file"]
+    # The compose pool target is the compose service and its container port.
+    pool_cmd = [str(a) for a in compose()["services"]["pool"]["command"]]
+    pool_port = pool_cmd[pool_cmd.index("--port") + 1]
+    targets = [t for sc in jobs["edgefleet-agent"]["static_configs"] for t in sc["targets"]]
+    assert f"pool:{pool_port}" in targets
+    if shutil.which("promtool"):
+        proc = subprocess.run(
+            ["promtool", "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promql_metric_names_parser() -> None:
+    expr = 'histogram_quantile(0.99, sum by (model, le) (rate(x_bucket{model=~"$m"}[$__rate_interval]))) / y_total'
+    assert promql_metric_names(expr) == {"x_bucket", "y_total"}
+    assert promql_metric_names("label_values(edgefleet_requests_total, model)") == {"edgefleet_requests_total", "model"}
+
+
+def test_dashboard_layout() -> None:
+    dash = dashboard()
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    assert dash["uid"] and dash["title"]
+    for panel in dash["panels"]:
+        assert {"x", "y", "w", "h"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        if panel["type"] != "row":
+            assert panel["targets"], panel["title"]
+
+
+def test_dashboard_plots_only_exported_metrics() -> None:
+    exported = exported_metric_names()
+    assert exported, "no prometheus_client metrics found in edge_agent/ or cloud_hub/"
+    missing = {}
+    for where, expr in dashboard_queries():
+        unknown = {m for m in promql_metric_names(expr) if m.startswith("edgefleet_")} - exported
+        if unknown:
+            missing[where] = sorted(unknown)
+    assert not missing, f"dashboard metrics not exported by edge_agent/cloud_hub: {missing}"
+    used = {m for _, e in dashboard_queries() for m in promql_metric_names(e)}
+    assert all(m.startswith("edgefleet_") or m in {"model", "instance"} for m in used), used
