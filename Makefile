@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy protocols models edge_agent cloud_hub
+	$(VENV)/bin/mypy protocols models edge_agent cloud_hub deploy
 
 pytest: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
@@ -52,7 +52,7 @@ test: setup lint typecheck pytest
 
 # --- the demo and benchmarks ----------------------------------------------------
 demo: setup
-	$(VENV)/bin/cloud-hub demo $(DEMO_ARGS)
+	$(PY) -m deploy.local.demo $(DEMO_ARGS)
 
 bench: setup
 	$(PY) -m bench

@@ -38,10 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench._pg import PG_URL, pg_database
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "edgefleet/v1"
 DEVICES = 1000
-PG_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def device_ids(n: int) -> list[str]:
@@ -292,28 +293,10 @@ def _drain(
     return measured / (max(r["last"] for r in results) - t0)
 
 
-def _pg_database(action: str, name: str) -> None:
-    async def run() -> None:
-        import asyncpg
-        from sqlalchemy.engine import make_url
-
-        dsn = make_url(PG_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = await asyncpg.connect(dsn)
-        try:
-            sql = (
-                f'CREATE DATABASE "{name}"' if action == "create" else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-            )
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
 def main_controller(per_device: int, publishers: int, rounds: int, replicas: bool) -> str:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from rig import Mosquitto
     from sqlalchemy.engine import make_url
+
+    from deploy.local.broker import Mosquitto
 
     port_args = ["--warm", str(DEVICES), "--expect", str(DEVICES * (per_device + 1))]
     rates: dict[str, list[float]] = {"raw": [], "link": [], "hub": [], "replicas2": []}
@@ -335,7 +318,7 @@ def main_controller(per_device: int, publishers: int, rounds: int, replicas: boo
                 rates["hub"].append(_drain(broker.port, [hub], per_device, publishers, cpu["hub"]))
                 if replicas:
                     pg_name = f"edgefleet_bench_{os.getpid()}_{i}"
-                    _pg_database("create", pg_name)
+                    pg_database("create", pg_name)
                     try:
                         pg_url = make_url(PG_URL).set(database=pg_name).render_as_string(hide_password=False)
                         asyncio.run(_prepare_db(pg_url, DEVICES))
@@ -343,7 +326,7 @@ def main_controller(per_device: int, publishers: int, rounds: int, replicas: boo
                                         "--warm", "1", "--expect", "0") for _ in range(2)]  # fmt: skip
                         rates["replicas2"].append(_drain(broker.port, procs, per_device, publishers, cpu["replicas2"]))
                     finally:
-                        _pg_database("drop", pg_name)
+                        pg_database("drop", pg_name)
                 shown = " ".join(f"{k}={v[-1]:.0f}" for k, v in rates.items() if v)
                 shown_cpu = " ".join(f"{k}={v[-1]:.1f}" for k, v in cpu.items() if v)
                 print(f"# round {i + 1}: msgs/s {shown}; cpu us/msg {shown_cpu}", file=sys.stderr, flush=True)

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.serving import free_port, pinned, stop, wait_http
+from bench.serving import pinned, stop, wait_http
+from deploy.local.procs import free_port
 from models.zoo import ZOO_PUBLIC_KEY_FILE, zoo_package_path
 from protocols.binary import encode_request
 

@@ -234,11 +234,10 @@ def _package(tmp: Path) -> Path:
 
 
 def main_controller(agents: int, concurrency: int) -> str:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from rig import Mosquitto, free_port
-
     from cloud_hub.cli.client import HubClient
     from cloud_hub.cli.models import upload
+    from deploy.local.broker import Mosquitto
+    from deploy.local.procs import free_port
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-rollout-") as tmp_name:
         tmp = Path(tmp_name)

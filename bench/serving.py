@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from deploy.local.procs import free_port
 from models.zoo import ZOO_PUBLIC_KEY_FILE, zoo_package_path
 from protocols.binary import encode_request
 
@@ -76,13 +77,6 @@ def ensure_wrk() -> str:
 def pinned(cmd: list[str], cpu: str | None) -> list[str]:
     """Prefix `cmd` with taskset when pinning is possible."""
     return ["taskset", "-c", cpu, *cmd] if cpu is not None and shutil.which("taskset") else cmd
-
-
-def free_port() -> int:
-    """A free loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:

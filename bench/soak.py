@@ -4,7 +4,7 @@ Run: `python -m bench.soak [--minutes 10]` (`make soak`). Not part of `python -m
 in CI. Prints one line:
 `soak: minutes=N rss_growth_mib=... fd_growth=... p99_drift=... errors=... requests=...`
 
-Set-up, all real processes through the demo's helpers (cloud_hub/demo): mosquitto with the production mTLS +
+Set-up, all real processes through the local-stack harness (deploy/local): mosquitto with the production mTLS +
 ACL config, `cloud-hub serve` (SQLite) with tiny-cnn 1 and 2 pushed, a pool (`edge-agent serve --standalone`),
 and the demo's line device provisioned by claim: a safety pipeline (`collision`, 50 ms) and a best-effort one
 (`shelf`, 500 ms, overflow to the pool, at most 4 queued locally). Load: safety at 20 Hz, best-effort from 4
@@ -36,10 +36,10 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from cloud_hub.demo import fleet
-from cloud_hub.demo import rollout as demo_rollout
-from cloud_hub.demo.broker import find_mosquitto, start_broker
-from cloud_hub.demo.procs import Child, Supervisor
+from deploy.local import stack
+from deploy.local.broker import require_mosquitto, start_broker
+from deploy.local.demo import fleet
+from deploy.local.procs import Child, Supervisor
 from protocols.binary import HEADER_LENGTH, decode_response, encode_request
 
 SAFETY, BEST_EFFORT = "collision", "shelf"
@@ -79,7 +79,7 @@ class Reference:
 
         self.expected = {}
         for version in ("1", "2"):
-            path = fleet.ZOO_PACKAGES / fleet.MODEL / version / "model.onnx"
+            path = stack.ZOO_PACKAGES / stack.MODEL / version / "model.onnx"
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             self.expected[version] = session.run(None, {"input": batch})[0]
 
@@ -143,8 +143,8 @@ async def _rollouts(run: Run, sup: Supervisor, hub_dir: Path, every_s: float, st
             return
         except TimeoutError:
             pass
-        argv = fleet.hub_cli(
-            hub_dir, "rollouts", "create", "--model", fleet.MODEL, "--version", version,
+        argv = stack.hub_cli(
+            hub_dir, "rollouts", "create", "--model", stack.MODEL, "--version", version,
             "--selector", "fleet=demo", "--canary", "1", "--waves", "100%", "--bake", "0s", "--json",
         )  # fmt: skip
         try:
@@ -169,7 +169,7 @@ async def _restarts(run: Run, sup: Supervisor, workdir: Path, broker: list[Child
             os.killpg(broker[0].pid, signal.SIGTERM)
             await asyncio.to_thread(broker[0].proc.wait, 10)
             await asyncio.sleep(1.0)
-            broker[0] = sup.spawn(f"mosquitto-r{run.restarts}", [find_mosquitto(), "-c", str(conf)])
+            broker[0] = sup.spawn(f"mosquitto-r{run.restarts}", [require_mosquitto(), "-c", str(conf)])
             await asyncio.sleep(0.5)
             if not broker[0].alive:
                 raise RuntimeError(broker[0].tail())
@@ -212,14 +212,11 @@ async def soak(args: argparse.Namespace, workdir: Path) -> int:
     run = Run()
     try:
         hub_dir, tls = workdir / "hub", workdir / "tls"
-        await fleet.make_pki(sup, hub_dir, tls)
+        await stack.make_pki(sup, hub_dir, tls)
         broker_child, broker_port = await start_broker(sup, workdir, tls, "edgefleet/v1")
-        _, _ = await fleet.start_hub(sup, hub_dir, broker_port)
-        reason = await demo_rollout.push_models(sup, hub_dir)
-        if reason:
-            print(f"soak: cannot run: {reason}", file=sys.stderr)
-            return 2
-        _, pool_url = await fleet.start_pool(sup, workdir)
+        _, _ = await stack.start_hub(sup, hub_dir, broker_port)
+        await stack.push_models(sup, hub_dir)
+        _, pool_url = await stack.start_pool(sup, workdir)
         plan = fleet.AGENTS[0]  # line-1: safety `collision` + best-effort `shelf` overflowing to the pool
         agent_dir = workdir / "agents" / plan.device_id
         await fleet.provision(sup, hub_dir, plan, agent_dir)

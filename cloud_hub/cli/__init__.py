@@ -82,9 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--name", action="append", required=True, help="DNS name or IP of the broker (repeatable)")
     broker.add_argument("--out", type=Path, required=True, help="folder for broker.pem, broker.key, edgefleet-ca.pem")
 
-    from cloud_hub.demo.cli import add_parser as add_demo_parser
-
-    add_demo_parser(sub)
     return parser
 
 
@@ -101,10 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cloud_hub.cli.serve import run_serve
 
             return run_serve(args)
-        if args.command == "demo":
-            from cloud_hub.demo.run import run_demo
-
-            return run_demo(args)
         from cloud_hub.cli.commands import run_command
 
         return run_command(args)

@@ -1,7 +1,7 @@
 """The rollout end-to-end rig: real mosquitto, `cloud-hub serve`, `edge-agent serve` processes, real CLIs.
 
-Built on the demo's process helpers (cloud_hub/demo): every child in its own process group, logged to a
-file, always stopped. Agents are started with an optional fault-injection point (EDGEFLEET_TEST_PAUSE_AT).
+Built on the local-stack harness (deploy/local): every child in its own process group, logged to a file,
+always stopped. Agents are started with an optional fault-injection point (EDGEFLEET_TEST_PAUSE_AT).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 from rig.onnx_models import broken_onnx
 
 from cloud_hub.cli.client import HubClient
-from cloud_hub.demo import fleet
-from cloud_hub.demo.broker import start_broker
-from cloud_hub.demo.procs import Child, Supervisor
+from deploy.local import stack
+from deploy.local.broker import start_broker
+from deploy.local.procs import Child, Supervisor
 from edge_agent.reconcile.faults import PAUSE_ENV
 
 PIPELINE = "detect"
@@ -34,16 +34,12 @@ BODY = {
 
 @dataclass
 class Agent:
-    """One device: its plan, directory, current process and URL."""
+    """One device: its id, directory, current process and URL."""
 
-    plan: fleet.AgentPlan
+    device_id: str
     directory: Path
     child: Child | None = None
     url: str = ""
-
-    @property
-    def device_id(self) -> str:
-        return self.plan.device_id
 
 
 @dataclass
@@ -69,12 +65,12 @@ class Rig:
 
     async def start(self) -> None:
         tls = self.workdir / "tls"
-        await fleet.make_pki(self.sup, self.hub_dir, tls)
+        await stack.make_pki(self.sup, self.hub_dir, tls)
         _, self.broker_port = await start_broker(self.sup, self.workdir, tls, "edgefleet/v1")
         await self.start_hub()
 
     async def start_hub(self) -> None:
-        self.hub, self.hub_url = await fleet.start_hub(self.sup, self.hub_dir, self.broker_port)
+        self.hub, self.hub_url = await stack.start_hub(self.sup, self.hub_dir, self.broker_port)
         self.client = HubClient.resolve(self.hub_dir, None, None, None)
 
     async def restart_hub(self) -> None:
@@ -83,33 +79,24 @@ class Rig:
         os.killpg(self.hub.pid, signal.SIGKILL)
         self.hub.proc.wait(10)
         port = self.hub_url.rsplit(":", 1)[1]
-        args = [
-            "serve",
-            "--port",
-            port,
-            "--broker",
-            f"mqtts://127.0.0.1:{self.broker_port}",
-            "--telemetry-interval",
-            "1",
-        ]
-        self.hub = self.sup.spawn(f"hub-restarted-{time.monotonic_ns()}", fleet.hub_cli(self.hub_dir, *args))
-        await self.hub.wait_for(r"edgefleet hub at (https://\S+)", 30)
+        args = stack.hub_serve_args(port, self.broker_port)
+        self.hub = self.sup.spawn(f"hub-restarted-{time.monotonic_ns()}", stack.hub_cli(self.hub_dir, *args))
+        await self.hub.wait_for(stack.READY_HUB, 30)
 
     def stop(self) -> None:
         self.sup.stop_all()
 
     async def cli(self, *args: str, timeout_s: float = 60) -> str:
-        return await self.sup.run(f"cli-{args[0]}-{time.monotonic_ns()}", fleet.hub_cli(self.hub_dir, *args), timeout_s)
+        return await self.sup.run(f"cli-{args[0]}-{time.monotonic_ns()}", stack.hub_cli(self.hub_dir, *args), timeout_s)
 
     async def api(self, method: str, path: str) -> Any:
         assert self.client is not None
         return await asyncio.to_thread(self.client.request, method, path)
 
     async def add_agent(self, device_id: str, labels: dict[str, str], *, start: bool = True) -> Agent:
-        plan = fleet.AgentPlan(device_id, labels, (fleet.PipelinePlan(PIPELINE, "standard", 1000, rate_hz=0),))
-        agent = Agent(plan, self.workdir / "agents" / device_id)
-        await fleet.provision(self.sup, self.hub_dir, plan, agent.directory)
-        fleet.agent_config(plan, agent.directory, None)
+        agent = Agent(device_id, self.workdir / "agents" / device_id)
+        await stack.provision(self.sup, self.hub_dir, device_id, {**labels, "fleet": "demo"}, agent.directory)
+        stack.agent_toml(agent.directory, (stack.Pipeline(PIPELINE, "standard", 1000),))
         self.agents[device_id] = agent
         if start:
             await self.start_agent(agent)
@@ -118,10 +105,8 @@ class Rig:
     async def start_agent(self, agent: Agent, pause_at: str | None = None) -> None:
         env = {PAUSE_ENV: pause_at} if pause_at else {"EDGEFLEET_TEST_PAUSE_AT": ""}
         n = sum(1 for c in self.sup.children if c.name.startswith(f"agent-{agent.device_id}"))
-        argv = [*fleet.command("edge-agent"), "serve", "--config", str(agent.directory / "agent.toml")]
-        agent.child = self.sup.spawn(f"agent-{agent.device_id}-{n}", argv, env=env)
-        found = await agent.child.wait_for(fleet.READY_AGENT, 60)
-        agent.url = f"http://127.0.0.1:{found.group(1)}"
+        config = agent.directory / "agent.toml"
+        agent.child, agent.url = await stack.start_agent(self.sup, f"agent-{agent.device_id}-{n}", config, env=env)
         await agent.child.wait_for(r"MQTT link up", 30)
 
     def kill9(self, agent: Agent) -> None:
@@ -153,7 +138,7 @@ class Rig:
             return str((await response.json())["model_version"])
 
     async def rollout(self, version: str, *extra: str, selector: str = "fleet=demo") -> str:
-        out = await self.cli("rollouts", "create", "--model", fleet.MODEL, "--version", version,
+        out = await self.cli("rollouts", "create", "--model", stack.MODEL, "--version", version,
                              "--selector", selector, *extra, "--json")  # fmt: skip
         body = json.loads(out[out.index("{") :])
         return str(body.get("rollout", body)["id"])

@@ -1,5 +1,5 @@
-"""`cloud-hub demo` end to end: the short run passes its own checks and leaves no process behind; so does a
-Ctrl-C during start-up. The demo runs as a real subprocess, as `make demo` runs it."""
+"""The demo (`python -m deploy.local.demo`) end to end: the short run passes its own checks and leaves no
+process behind; so does a Ctrl-C during start-up. The demo runs as a real subprocess, as `make demo` runs it."""
 
 from __future__ import annotations
 
@@ -15,17 +15,15 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.demo.broker import DEPLOY_DIR, render_config
+from deploy.local.broker_config import DEPLOY_DIR, render_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-NAMES = ("mosquitto", "edge-agent", "edge_agent", "cloud-hub", "cloud_hub")
+NAMES = ("mosquitto", "edge-agent", "edge_agent", "cloud-hub", "cloud_hub", "deploy.local.demo")
 
 
 def demo_argv(*args: str) -> list[str]:
-    script = Path(sys.executable).parent / "cloud-hub"
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "cloud_hub"]
-    return [*head, "demo", *args]
+    return [sys.executable, "-m", "deploy.local.demo", *args]
 
 
 def _cmdline(pid: int) -> str | None:

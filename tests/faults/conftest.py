@@ -20,7 +20,7 @@ for _folder in ("e2e", "edge_agent"):
 
 from fault_support import FaultRig  # noqa: E402  # needs the path above
 
-from cloud_hub.demo.procs import Supervisor  # noqa: E402
+from deploy.local.procs import Supervisor  # noqa: E402
 
 
 @pytest_asyncio.fixture

@@ -2,13 +2,13 @@
 whose every answer is checked against onnxruntime run directly, and the hub's stored telemetry.
 
 Everything is a real process (mosquitto with the production mTLS + ACL config, `cloud-hub serve`,
-`edge-agent serve`), started through the e2e rig (tests/e2e/rollout_support.py) and its Supervisor.
+`edge-agent serve`), started through the e2e rig (tests/e2e/rollout_support.py) on the local-stack harness
+(deploy/local).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sqlite3
@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 from rollout_support import Agent, Rig, until  # noqa: F401  # until: re-exported for the fault tests
 
-from cloud_hub.demo import fleet
-from cloud_hub.demo import rollout as demo_rollout
-from cloud_hub.demo.broker import HOST, find_mosquitto, start_broker
-from cloud_hub.demo.procs import Child
+from deploy.local import stack
+from deploy.local.broker import require_mosquitto, start_broker
+from deploy.local.procs import Child, accepting
+from deploy.local.stack import Pipeline as Pipe
+from deploy.local.stack import agent_toml
 from edge_agent.reconcile.faults import PAUSE_ENV
 from protocols.binary import HEADER_LENGTH, decode_response, encode_request
 
@@ -34,22 +35,12 @@ SOAK = os.environ.get("EDGEFLEET_SOAK") == "1"
 # Long variants: marked `soak` and skipped unless EDGEFLEET_SOAK=1 (what `make soak` sets).
 soak_only = [pytest.mark.soak, pytest.mark.skipif(not SOAK, reason="long variant: EDGEFLEET_SOAK=1 (make soak)")]
 
-ZOO_CNN = fleet.ZOO_PACKAGES / fleet.MODEL
+ZOO_CNN = stack.ZOO_PACKAGES / stack.MODEL
 INPUT_SHAPE = (3, 64, 64)
 # Safety deadline of the suite's safety pipeline. The 50 ms of the demo is the bench's business: this shared
 # 2-core machine runs broker, hub, agent(s) and the load generator at once.
 SAFETY_DEADLINE_MS = 300
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-
-
-@dataclass(frozen=True)
-class Pipe:
-    """A pipeline of a fault-suite agent."""
-
-    name: str
-    priority: str
-    deadline_ms: int
-    offload: str | None = None
 
 
 SAFETY = Pipe("collision", "safety", SAFETY_DEADLINE_MS)
@@ -199,51 +190,6 @@ def failures(outcomes: Sequence[Outcome]) -> list[str]:
             if o.status != 200 or not o.correct]  # fmt: skip
 
 
-def agent_toml(
-    agent_dir: Path,
-    pipelines: Sequence[Pipe],
-    *,
-    pool_url: str | None = None,
-    fleet_link: bool = True,
-    fleet_extra: Sequence[str] = (),
-    extra: Sequence[str] = (),
-) -> Path:
-    """The agent's TOML: tiny-cnn v1 seeded from the zoo, `pipelines`, the fleet link, an optional pool."""
-    seed = agent_dir / "seed" / fleet.MODEL / "1"
-    if not seed.exists():
-        import shutil
-
-        shutil.copytree(ZOO_CNN / "1", seed)
-    lines = [
-        'state_dir = "state"',
-        'model_dirs = ["seed"]',
-        f"trusted_keys = [{json.dumps(str(fleet.ZOO_KEY))}]",
-        "expose_models = false",
-        "",
-        "[http]",
-        f'host = "{HOST}"',
-        "port = 0",
-        "",
-        "[runtime]",
-        'type = "onnxruntime"',
-        "intra_op_threads = 1",
-        "inter_op_threads = 1",
-    ]
-    if fleet_link:
-        lines += ["", "[fleet]", 'identity_dir = "identity"', *fleet_extra]
-    lines += list(extra)
-    for p in pipelines:
-        lines += ["", "[[pipelines]]", f'name = "{p.name}"', f'model = "{fleet.MODEL}"', f'priority = "{p.priority}"']
-        lines.append(f"deadline_ms = {p.deadline_ms}")
-        if p.offload:
-            lines.append(f'offload = "{p.offload}"')
-    if pool_url is not None:
-        lines += ["", "[[pools]]", 'name = "cloud"', f'url = "{pool_url}"']
-    path = agent_dir / "agent.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 class FaultRig(Rig):
     """The e2e rig plus: a broker that can be restarted or killed, agents with the suite's pipelines, the
     hub's telemetry rows, and a check that no process survives the test."""
@@ -256,11 +202,10 @@ class FaultRig(Rig):
 
     async def start(self) -> None:
         tls = self.workdir / "tls"
-        await fleet.make_pki(self.sup, self.hub_dir, tls)
+        await stack.make_pki(self.sup, self.hub_dir, tls)
         self.broker, self.broker_port = await start_broker(self.sup, self.workdir, tls, "edgefleet/v1")
         await self.start_hub()
-        reason = await demo_rollout.push_models(self.sup, self.hub_dir)  # trusts the zoo key, pushes 1 and 2
-        assert reason is None, reason
+        await stack.push_models(self.sup, self.hub_dir)  # trusts the zoo key, pushes 1 and 2
 
     # --- broker -----------------------------------------------------------------------------------
 
@@ -279,11 +224,11 @@ class FaultRig(Rig):
     async def start_broker_again(self) -> None:
         """Start mosquitto on the same port and config; wait until it accepts connections."""
         self.restarts += 1
-        argv = [find_mosquitto(), "-c", str(self.workdir / "mosquitto.conf")]
+        argv = [require_mosquitto(), "-c", str(self.workdir / "mosquitto.conf")]
         deadline = time.monotonic() + 15
         while True:
             self.broker = self.sup.spawn(f"mosquitto-r{self.restarts}-{time.monotonic_ns()}", argv)
-            if await _accepting(self.broker, self.broker_port, 5.0):
+            if await accepting(self.broker, self.broker_port, 5.0):
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"mosquitto did not come back on {self.broker_port}:\n{self.broker.tail()}")
@@ -300,9 +245,8 @@ class FaultRig(Rig):
         **toml: Any,
     ) -> Agent:
         """Provision a device (claim + `edge-agent provision`) and write its config; start it unless told."""
-        plan = fleet.AgentPlan(device_id, {"fleet": "demo"}, ())
-        agent = Agent(plan, self.workdir / "agents" / device_id)
-        await fleet.provision(self.sup, self.hub_dir, plan, agent.directory)
+        agent = Agent(device_id, self.workdir / "agents" / device_id)
+        await stack.provision(self.sup, self.hub_dir, device_id, {"fleet": "demo"}, agent.directory)
         agent_toml(agent.directory, pipelines, **toml)
         self.agents[device_id] = agent
         if start:
@@ -315,10 +259,10 @@ class FaultRig(Rig):
         """`edge-agent serve` (optionally paused at a reconciler point); wait for ready (and the MQTT link)."""
         child_env = {PAUSE_ENV: pause_at or "", **(env or {})}
         n = sum(1 for c in self.sup.children if c.name.startswith(f"agent-{agent.device_id}-"))
-        argv = [*fleet.command("edge-agent"), "serve", "--config", str(agent.directory / "agent.toml")]
-        agent.child = self.sup.spawn(f"agent-{agent.device_id}-{n}", argv, env=child_env)
-        found = await agent.child.wait_for(fleet.READY_AGENT, 60)
-        agent.url = f"http://{HOST}:{found.group(1)}"
+        config = agent.directory / "agent.toml"
+        agent.child, agent.url = await stack.start_agent(
+            self.sup, f"agent-{agent.device_id}-{n}", config, env=child_env
+        )
         if link:
             await agent.child.wait_for(r"MQTT link up", 30)
 
@@ -337,7 +281,7 @@ class FaultRig(Rig):
         desired = await self.desired(device_id)
         reported = await self.reported(device_id)
         models = {m["name"]: m for m in reported.get("models", [])}
-        m = models.get(fleet.MODEL)
+        m = models.get(stack.MODEL)
         return bool(
             desired
             and reported.get("revision") == desired["revision"]
@@ -372,22 +316,6 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-async def _accepting(child: Child, port: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not child.alive:
-            return False
-        try:
-            _, writer = await asyncio.open_connection(HOST, port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return True
-    return False
 
 
 def contiguous_per_boot(rows: Sequence[tuple[str, int, float]]) -> dict[str, list[int]]:

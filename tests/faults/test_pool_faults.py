@@ -20,9 +20,8 @@ import aiohttp
 import pytest
 from fault_support import SAFETY, SAFETY_DEADLINE_MS, Pipe, References, Traffic, agent_toml, failures, p99
 
-from cloud_hub.demo import fleet
-from cloud_hub.demo.broker import HOST, free_port
-from cloud_hub.demo.procs import Child, Supervisor
+from deploy.local import stack
+from deploy.local.procs import HOST, Child, Supervisor, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -32,9 +31,9 @@ PHASE_S = 3.0
 
 
 async def _start_pool(sup: Supervisor, port: int) -> Child:
-    script = Path(__file__).with_name("fault_pool.py")
+    script = Path(__file__).with_name("pool_support.py")
     child = sup.spawn(f"pool-{time.monotonic_ns()}", [sys.executable, str(script), str(port)],
-                      env={"PYTHONPATH": str(fleet.REPO)})  # fmt: skip
+                      env={"PYTHONPATH": str(stack.REPO)})  # fmt: skip
     await child.wait_for(r"fault-pool ready", 30)
     return child
 
@@ -66,8 +65,7 @@ async def test_pool_errors_hangs_and_vanishes_without_wrong_answers(sup: Supervi
             "", "[offload.breaker]", "consecutive_failures = 3", "open_s = 0.5",
         ],
     )  # fmt: skip
-    agent = sup.spawn("agent", [*fleet.command("edge-agent"), "serve", "--config", str(agent_dir / "agent.toml")])
-    url = f"http://{HOST}:{(await agent.wait_for(fleet.READY_AGENT, 60)).group(1)}"
+    _, url = await stack.start_agent(sup, "agent", agent_dir / "agent.toml")
     refs = References()
     phases: dict[str, tuple[float, float]] = {}
     breaker: dict[str, float] = {}

@@ -1,20 +1,31 @@
-"""Test rig: a throw-away PKI and real mosquitto brokers started as child processes."""
+"""Test rig: a throw-away PKI (pki.py), real mosquitto brokers (deploy/local/broker.py), small ONNX builders.
 
-from .mosquitto import (
-    DEFAULT_PREFIX,
-    FLAVOURS,
-    HUB_USERNAME,
+The broker is the local stack's (`deploy.local.broker`): one implementation for the tests, the demo and the
+benchmarks, re-exported here under the names the tests import.
+"""
+
+from typing import Any, Protocol
+
+from deploy.local.broker import (
     INSTALL_HINT,
-    Flavour,
     Mosquitto,
-    MosquittoError,
-    MosquittoFactory,
     MosquittoNotInstalledError,
     find_mosquitto,
-    free_port,
     require_mosquitto,
 )
+from deploy.local.broker_config import DEFAULT_PREFIX, FLAVOURS, HUB_USERNAME, Flavour, MosquittoError
+from deploy.local.procs import free_port
+
 from .pki import CertificateAuthority, TestPKI, client_ssl_context
+
+
+class MosquittoFactory(Protocol):
+    """The `mosquitto_factory` fixture: start a broker of a flavour; teardown stops it."""
+
+    def __call__(self, flavour: Flavour = "plain", **opts: Any) -> Mosquitto:
+        """Start and return a broker; `opts` are `Mosquitto`'s keyword arguments."""
+        ...
+
 
 __all__ = [
     "DEFAULT_PREFIX",

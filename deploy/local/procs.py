@@ -1,10 +1,11 @@
-"""Child processes of the demo: each in its own process group, logged to a file, always stopped.
+"""Child processes of the local stack: each in its own process group, logged to a file, always stopped.
 
-Every child is started with `start_new_session=True`, so a Ctrl-C in the terminal reaches only the demo,
-which then stops the children itself: SIGTERM to each group (newest first), SIGKILL to the groups still
-alive after a grace period. `stop_all` runs from the demo's `finally`; an `atexit` hook repeats it with
-SIGKILL as a safety net for paths that skip the `finally` (e.g. `sys.exit` from a signal handler). The
-PIDs go to `pids.json` in the workdir as they are started, so a test can check that none survives.
+Every child is started with `start_new_session=True`, so a Ctrl-C in the terminal reaches only the parent
+(the demo, a bench, pytest), which then stops the children itself: SIGTERM to each group (newest first),
+SIGKILL to the groups still alive after a grace period. `stop_all` runs from the parent's `finally`; an
+`atexit` hook repeats it with SIGKILL as a safety net for paths that skip the `finally` (e.g. `sys.exit`
+from a signal handler). The PIDs go to `pids.json` in the workdir as they are started, so a test can check
+that none survives. Also here: `free_port` and `accepting` (a TCP ready-wait on a child).
 """
 
 from __future__ import annotations
@@ -17,18 +18,27 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloud_hub.errors import HubError
-
 log = logging.getLogger(__name__)
 
+HOST = "127.0.0.1"  # everything of the local stack listens on loopback
 
-class DemoError(HubError):
-    """A demo step failed; the message says which and points at its log."""
+
+class StackError(RuntimeError):
+    """A step of the local stack failed; the message says which and points at its log."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A port that was free a moment ago (bind to port 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -63,7 +73,7 @@ class Child:
         return "\n".join(self.output().splitlines()[-lines:]) or "(no output)"
 
     async def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
-        """Wait until its output matches `pattern`; DemoError if it exits or the time runs out."""
+        """Wait until its output matches `pattern`; StackError if it exits or the time runs out."""
         regex = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -71,17 +81,17 @@ class Child:
             if found:
                 return found
             if not self.alive:
-                raise DemoError(f"{self.name} exited with {self.proc.returncode}; last output:\n{self.tail()}")
+                raise StackError(f"{self.name} exited with {self.proc.returncode}; last output:\n{self.tail()}")
             if time.monotonic() > deadline:
-                raise DemoError(f"{self.name} not ready within {timeout_s:.0f} s; last output:\n{self.tail()}")
+                raise StackError(f"{self.name} not ready within {timeout_s:.0f} s; last output:\n{self.tail()}")
             await asyncio.sleep(0.1)
 
     async def wait_exit(self, timeout_s: float) -> int:
-        """Wait for it to exit; DemoError after `timeout_s`."""
+        """Wait for it to exit; StackError after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while self.proc.poll() is None:
             if time.monotonic() > deadline:
-                raise DemoError(f"{self.name} still running after {timeout_s:.0f} s; last output:\n{self.tail()}")
+                raise StackError(f"{self.name} still running after {timeout_s:.0f} s; last output:\n{self.tail()}")
             await asyncio.sleep(0.05)
         return self.proc.returncode
 
@@ -103,7 +113,7 @@ class Supervisor:
     def spawn(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Child:
         """Start `argv` in its own session with output to logs/<name>.log."""
         if self._closed:
-            raise DemoError(f"not starting {name}: the demo is stopping")
+            raise StackError(f"not starting {name}: the supervisor is stopping")
         log_path = self.logs / f"{name}.log"
         child_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         child_env["PYTHONUNBUFFERED"] = "1"
@@ -117,10 +127,10 @@ class Supervisor:
                     stderr=subprocess.STDOUT,
                     env=child_env,
                     cwd=cwd,
-                    start_new_session=True,  # own process group: Ctrl-C reaches the demo, which stops it
+                    start_new_session=True,  # own process group: Ctrl-C reaches the parent, which stops it
                 )
             except OSError as exc:
-                raise DemoError(f"cannot start {name} ({argv[0]}): {exc}") from exc
+                raise StackError(f"cannot start {name} ({argv[0]}): {exc}") from exc
         child = Child(name, argv, proc, log_path)
         self.children.append(child)
         self._write_pids()
@@ -128,7 +138,7 @@ class Supervisor:
         return child
 
     async def run(self, name: str, argv: list[str], timeout_s: float = 60.0) -> str:
-        """Run a short command to completion under supervision; its output, DemoError on failure."""
+        """Run a short command to completion under supervision; its output, StackError on failure."""
         child = self.spawn(name, argv)
         try:
             code = await child.wait_exit(timeout_s)
@@ -136,7 +146,7 @@ class Supervisor:
             self._stop([child], signal.SIGKILL, 1.0)
             raise
         if code != 0:
-            raise DemoError(f"`{' '.join(argv[:4])} ...` failed ({code}):\n{child.tail()}")
+            raise StackError(f"`{' '.join(argv[:4])} ...` failed ({code}):\n{child.tail()}")
         return child.output()
 
     def pids(self) -> dict[str, int]:
@@ -178,3 +188,20 @@ class Supervisor:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+async def accepting(child: Child, port: int, timeout_s: float = 5.0, host: str = HOST) -> bool:
+    """Wait until `child` accepts TCP connections on `port`; False if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not child.alive:
+            return False  # e.g. the port was taken between probe and bind: the caller may try another
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return True
+    return False

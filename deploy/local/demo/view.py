@@ -9,8 +9,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from cloud_hub.demo.state import DemoState, Step
-from cloud_hub.demo.traffic import Traffic
+from deploy.local.demo.state import DemoState, Step
+from deploy.local.demo.traffic import Traffic
 
 _STATUS_STYLE = {"ok": "green", "running": "cyan", "skipped": "yellow", "failed": "red"}
 

@@ -16,16 +16,16 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from cloud_hub.demo import fleet
-from cloud_hub.demo.procs import DemoError, Supervisor
-from cloud_hub.demo.scenario import FULL, SHORT, Demo, cancel_and_wait
-from cloud_hub.demo.state import DemoState
-from cloud_hub.demo.traffic import Traffic
-from cloud_hub.demo.view import announce_line, live_view, summary_view
+from deploy.local.demo import fleet
+from deploy.local.demo.scenario import FULL, SHORT, Demo, cancel_and_wait
+from deploy.local.demo.state import DemoState
+from deploy.local.demo.traffic import Traffic
+from deploy.local.demo.view import announce_line, live_view, summary_view
+from deploy.local.procs import StackError, Supervisor
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Entry point of `cloud-hub demo`: 0 when every check that ran passed, 1 otherwise, 130 if interrupted."""
+    """Run the demo: 0 when every check that ran passed, 1 otherwise, 130 if interrupted."""
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         workdir: Path = args.workdir.resolve()
@@ -67,9 +67,9 @@ async def _main(args: argparse.Namespace, workdir: Path) -> int:
         if summary is None:
             code = 130
         print(f"\ninterrupted: stopping {sum(c.alive for c in sup.children)} processes", file=sys.stderr, flush=True)
-    except DemoError as exc:
+    except StackError as exc:
         state.step(state.steps[-1].name if state.steps else "start", "failed", str(exc))
-        print(f"cloud-hub demo: {exc}", file=sys.stderr, flush=True)
+        print(f"edgefleet demo: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:
         _ignore_signals()  # a second Ctrl-C must not cut the clean-up short

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.cli.client import HubClient
-from cloud_hub.demo import agentmetrics, fleet, rollout
-from cloud_hub.demo.broker import start_broker
-from cloud_hub.demo.procs import DemoError, Supervisor
-from cloud_hub.demo.state import DemoState
-from cloud_hub.demo.traffic import Target, Traffic
+from cloud_hub.cli.client import HubClient  # the operator API's HTTP client (what `cloud-hub devices` uses)
 from cloud_hub.errors import HubError
+from deploy.local import stack
+from deploy.local.broker import start_broker
+from deploy.local.demo import agentmetrics, fleet
+from deploy.local.demo.state import DemoState
+from deploy.local.demo.traffic import Target, Traffic
+from deploy.local.procs import StackError, Supervisor
 from protocols.topics import DEFAULT_PREFIX
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,8 @@ class Demo:
         self.client: HubClient | None = None
         self.traffic: Traffic | None = None
         self.rollout_id: str | None = None
-        self.rollout_skipped: str | None = None
+        self.rollout_skipped: str | None = None  # kept for the summary's shape: the rollout always runs
         self.offload_skipped: str | None = None
-        self.models_skipped: str | None = None
 
     # --- start-up ---------------------------------------------------------------------------------------
 
@@ -68,17 +68,20 @@ class Demo:
         st.phase = "start-up"
         st.step("pki", "running", "hub CA + broker certificate (cloud-hub pki broker-cert)")
         tls = self.workdir / "broker-tls"
-        await fleet.make_pki(self.sup, self.hub_dir, tls)
+        await stack.make_pki(self.sup, self.hub_dir, tls)
         st.step("pki", "ok", f"CA in {self.hub_dir / 'pki'}, broker certificate in {tls}")
         st.step("broker", "running", "mosquitto, mTLS + ACL from deploy/mosquitto")
         broker, port = await start_broker(self.sup, self.workdir, tls, DEFAULT_PREFIX)
         st.step("broker", "ok", f"mqtts://127.0.0.1:{port} (pid {broker.pid})")
         st.step("hub", "running", "cloud-hub serve (SQLite)")
-        hub, self.hub_url = await fleet.start_hub(self.sup, self.hub_dir, port)
-        self.client = HubClient.resolve(self.hub_dir, None, None, None)
+        hub, self.hub_url = await stack.start_hub(self.sup, self.hub_dir, port)
+        try:
+            self.client = HubClient.resolve(self.hub_dir, None, None, None)
+        except HubError as exc:
+            raise StackError(f"cannot talk to the hub: {exc}") from exc
         st.step("hub", "ok", f"{self.hub_url} (pid {hub.pid})")
         st.step("pool", "running", "cloud pool: edge-agent serve --standalone")
-        pool, self.pool_url = await fleet.start_pool(self.sup, self.workdir)
+        pool, self.pool_url = await stack.start_pool(self.sup, self.workdir)
         st.step("pool", "ok", f"{self.pool_url} (pid {pool.pid})")
 
         st.step("provision", "running", "3 claims (cloud-hub claims create) + edge-agent provision")
@@ -87,11 +90,8 @@ class Demo:
         st.step("provision", "ok", f"provisioned by claim: {', '.join(ids)}")
 
         st.step("models", "running", f"cloud-hub models push {fleet.MODEL} v1, v2")
-        self.models_skipped = await rollout.push_models(self.sup, self.hub_dir)
-        if self.models_skipped:
-            st.step("models", "skipped", self.models_skipped)
-        else:
-            st.step("models", "ok", f"{fleet.MODEL} v1 and v2 in the hub registry (signed by the hub)")
+        await stack.push_models(self.sup, self.hub_dir)
+        st.step("models", "ok", f"{fleet.MODEL} v1 and v2 in the hub registry (signed by the hub)")
 
         st.step("agents", "running", "3 agents serving tiny-cnn v1, linked to the hub")
         urls = await asyncio.gather(*(self._start_agent(p) for p in fleet.AGENTS))
@@ -108,7 +108,7 @@ class Demo:
             try:
                 _, url = await fleet.start_agent(self.sup, plan, agent_dir, self.pool_url)
                 return url
-            except DemoError as exc:
+            except StackError as exc:
                 if "pools" not in str(exc):
                     raise
                 # The agent's config has no `pools` section yet: serve without offload and say so.
@@ -125,7 +125,7 @@ class Demo:
                 return
             await asyncio.sleep(0.3)
         online = [d["id"] for d in self.state.devices if d.get("online")]
-        raise DemoError(f"only {online} came online at the hub within {timeout_s:.0f} s")
+        raise StackError(f"only {online} came online at the hub within {timeout_s:.0f} s")
 
     # --- hub polling ---------------------------------------------------------------------------------------
 
@@ -192,17 +192,8 @@ class Demo:
     async def run_rollout(self) -> None:
         """Roll tiny-cnn v2 out with a canary and waves, and follow it until it ends (or time runs out)."""
         st = self.state
-        if self.models_skipped:
-            self.rollout_skipped = f"no models in the registry: {self.models_skipped}"
-            st.step("rollout", "skipped", self.rollout_skipped)
-            return
-        reason = rollout.missing(("rollouts", "create"))
-        if reason:
-            self.rollout_skipped = reason
-            st.step("rollout", "skipped", reason)
-            return
         st.step("rollout", "running", f"cloud-hub rollouts create {fleet.MODEL} v2 --canary 1 --waves 50%,100%")
-        self.rollout_id = await rollout.create_rollout(self.sup, self.hub_dir, self.timing.bake)
+        self.rollout_id = await fleet.create_rollout(self.sup, self.hub_dir, self.timing.bake)
         st.mark("created", rollout=self.rollout_id)
         deadline = time.monotonic() + self.timing.rollout_timeout_s
         while time.monotonic() < deadline:

@@ -1,14 +1,8 @@
-"""A real mosquitto broker as a child process on a free loopback port, for tests and the demo.
+"""THE mosquitto of the local stack: a child process on a free loopback port with a generated config.
 
-Flavours:
-- ``plain``: anonymous MQTT over TCP.
-- ``tls``: anonymous MQTT over TLS with the test PKI's server certificate.
-- ``mtls``: the production config from ``deploy/mosquitto/mosquitto.conf`` with the ACL rendered from
-  ``deploy/mosquitto/acl.template``; only paths, port, persistence, logging and ``user`` are rewritten
-  (see ``render_production_config``), so the tests exercise the ACL and TLS settings that ship.
-
-When the tests run as root, the generated config says ``user root``: mosquitto would otherwise drop to
-the ``mosquitto`` user, which cannot read the certificates and keys under pytest's private tmp dir.
+Two ways to run it, one config (`broker_config`): `Mosquitto`, a synchronous object that owns its process
+(tests, benchmarks), and `start_broker`, the production mTLS + ACL broker as a `Supervisor` child next to
+the hub and the agents (the demo, the end-to-end and fault suites, the soak).
 """
 
 from __future__ import annotations
@@ -21,52 +15,22 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from string import Template
 from types import TracebackType
-from typing import IO, Any, Literal, Protocol, Self
+from typing import IO, Self
 
-from .pki import TestPKI
-
-Flavour = Literal["plain", "tls", "mtls"]
-FLAVOURS: tuple[Flavour, ...] = ("plain", "tls", "mtls")
-
-DEFAULT_PREFIX = "edgefleet/v1"
-HUB_USERNAME = "edgefleet-hub"
-HOST = "127.0.0.1"
-INSTALL_HINT = "mosquitto not installed: apt-get install mosquitto"
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEPLOY_DIR = REPO_ROOT / "deploy" / "mosquitto"
-PRODUCTION_CONF = DEPLOY_DIR / "mosquitto.conf"
-ACL_TEMPLATE = DEPLOY_DIR / "acl.template"
-
-# Directives of the production config that the rig rewrites; every other line is kept verbatim.
-_REWRITTEN = frozenset(
-    {
-        "listener",
-        "cafile",
-        "capath",
-        "certfile",
-        "keyfile",
-        "crlfile",
-        "acl_file",
-        "persistence",
-        "persistence_location",
-        "persistence_file",
-        "autosave_interval",
-        "log_dest",
-        "log_type",
-        "pid_file",
-        "user",
-    }
+from deploy.local.broker_config import (
+    DEFAULT_PREFIX,
+    FLAVOURS,
+    Flavour,
+    MosquittoError,
+    ServerCerts,
+    ServerTLS,
+    broker_config,
 )
-_REQUIRED = ("listener", "cafile", "certfile", "keyfile", "acl_file")
-# Rewritten directives that may repeat: the production lines are dropped and the override appended.
-_APPENDED = frozenset({"log_type"})
+from deploy.local.procs import HOST, Child, Supervisor, accepting, free_port
 
-
-class MosquittoError(RuntimeError):
-    """The broker could not be configured, started or stopped."""
+INSTALL_HINT = "mosquitto not installed: apt-get install mosquitto"
+DEMO_INSTALL_HINT = "mosquitto is not installed: run `sudo apt-get install mosquitto` (or `make setup`)"
 
 
 class MosquittoNotInstalledError(MosquittoError):
@@ -82,68 +46,33 @@ def find_mosquitto() -> str | None:
     return str(debian) if os.access(debian, os.X_OK) else None
 
 
-def require_mosquitto() -> str:
+def require_mosquitto(hint: str = INSTALL_HINT) -> str:
     """Path of the mosquitto binary, or raise with the install hint."""
     found = find_mosquitto()
     if found is None:
-        raise MosquittoNotInstalledError(INSTALL_HINT)
+        raise MosquittoNotInstalledError(hint)
     return found
 
 
-def free_port(host: str = HOST) -> int:
-    """A port that was free a moment ago (bind to port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+async def start_broker(sup: Supervisor, workdir: Path, tls_dir: Path, prefix: str) -> tuple[Child, int]:
+    """The production mTLS + ACL broker (certificates from `cloud-hub pki broker-cert`) on a free port.
 
-
-def render_acl(path: Path, prefix: str = DEFAULT_PREFIX, template: Path = ACL_TEMPLATE) -> Path:
-    """Render the production ACL template for `prefix` into `path`."""
-    path.write_text(Template(template.read_text()).substitute(prefix=prefix))
-    return path
-
-
-def render_production_config(
-    overrides: dict[str, str | None],
-    extra_lines: Sequence[str] = (),
-    source: Path = PRODUCTION_CONF,
-) -> str:
-    """The production config with the values of the `_REWRITTEN` directives replaced.
-
-    `overrides` maps a directive to its new value (None drops the line); a rewritten directive that the
-    production file lacks (e.g. ``crlfile``) is appended after the listener block. A directive of
-    `_REWRITTEN` not in `overrides` is dropped. `extra_lines` are appended as they are.
+    Config in `workdir`/mosquitto.conf, ACL in `workdir`/acl.conf, log in `workdir`/logs; (child, port).
     """
-    out: list[str] = []
-    seen: set[str] = set()
-    listeners = 0
-    for line in source.read_text().splitlines():
-        words = line.split(maxsplit=1)
-        if not words or words[0].startswith("#"):
-            out.append(line)
-            continue
-        directive = words[0]
-        if directive == "listener":
-            listeners += 1
-        if directive not in _REWRITTEN:
-            out.append(line)
-            continue
-        seen.add(directive)
-        value = overrides.get(directive)
-        if value is not None and directive not in _APPENDED:
-            out.append(f"{directive} {value}")
-    if listeners != 1:
-        raise MosquittoError(f"{source}: the rig rewrites exactly one listener, found {listeners}")
-    missing = [d for d in _REQUIRED if d not in seen]
-    if missing:
-        raise MosquittoError(f"{source}: missing directives the mTLS rig relies on: {missing}")
-    # Appended lines land in the last (only) listener's block, or are global options.
-    for directive, value in overrides.items():
-        if value is not None and (directive not in seen or directive in _APPENDED):
-            out.append(f"{directive} {value}")
-    out.extend(extra_lines)
-    return "\n".join(out) + "\n"
+    binary = require_mosquitto(DEMO_INSTALL_HINT)
+    conf = workdir / "mosquitto.conf"
+    tls = ServerTLS.from_broker_cert_dir(tls_dir)
+    log_path = workdir / "logs" / "mosquitto-broker.log"
+    for attempt in range(3):
+        port = free_port()
+        text = broker_config(
+            "mtls", port, log_path=log_path, tls=tls, acl_path=workdir / "acl.conf", prefix=prefix, verbose_log=None
+        )
+        conf.write_text(text)
+        child = sup.spawn(f"mosquitto-{attempt}" if attempt else "mosquitto", [binary, "-c", str(conf)])
+        if await accepting(child, port):  # not alive: most likely the port was taken meanwhile, try another
+            return child, port
+    raise MosquittoError(f"mosquitto did not start; last output:\n{child.tail()}")
 
 
 class Mosquitto:
@@ -154,7 +83,7 @@ class Mosquitto:
         flavour: Flavour,
         workdir: Path,
         *,
-        pki: TestPKI | None = None,
+        pki: ServerCerts | None = None,
         prefix: str = DEFAULT_PREFIX,
         crlfile: Path | None = None,
         persistence: bool = False,
@@ -167,7 +96,7 @@ class Mosquitto:
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
         if flavour != "plain" and pki is None:
-            raise ValueError(f"flavour {flavour!r} needs a TestPKI")
+            raise ValueError(f"flavour {flavour!r} needs server certificates (a TestPKI)")
         if crlfile is not None and flavour != "mtls":
             raise ValueError("crlfile only makes sense with the mtls flavour")
         self.flavour: Flavour = flavour
@@ -336,46 +265,17 @@ class Mosquitto:
                 self._output.close()
                 self._output = None
 
-    def _common(self) -> dict[str, str | None]:
-        return {
-            "user": "root" if os.geteuid() == 0 else None,
-            "persistence": "true" if self.persistence else "false",
-            "persistence_location": f"{self.workdir}/" if self.persistence else None,
-            "log_dest": f"file {self.log_path}",
-            "log_type": "all" if self.verbose_log else None,
-        }
-
-    def _tls_files(self) -> dict[str, str | None]:
-        assert self.pki is not None
-        return {
-            "cafile": str(self.pki.cafile),
-            "certfile": str(self.pki.server_certfile),
-            "keyfile": str(self.pki.server_keyfile),
-        }
-
     def _config(self) -> str:
-        if self.flavour == "mtls":
-            render_acl(self.acl_path, self.prefix)
-            overrides = {
-                **self._common(),
-                "listener": f"{self.port} {self.host}",
-                **self._tls_files(),
-                "crlfile": str(self.crlfile) if self.crlfile is not None else None,
-                "acl_file": str(self.acl_path),
-            }
-            return render_production_config(overrides, self.extra_config)
-        settings = {**self._common(), "listener": f"{self.port} {self.host}", "allow_anonymous": "true"}
-        if self.flavour == "tls":
-            settings.update(self._tls_files())
-        lines = [f"{k} {v}" for k, v in settings.items() if v is not None]
-        if not self.verbose_log:
-            lines += ["log_type error", "log_type warning", "log_type notice"]
-        return "\n".join([*lines, *self.extra_config]) + "\n"
-
-
-class MosquittoFactory(Protocol):
-    """The `mosquitto_factory` fixture: start a broker of a flavour; teardown stops it."""
-
-    def __call__(self, flavour: Flavour = "plain", **opts: Any) -> Mosquitto:
-        """Start and return a broker; `opts` are `Mosquitto`'s keyword arguments."""
-        ...
+        return broker_config(
+            self.flavour,
+            self.port,
+            log_path=self.log_path,
+            tls=self.pki,
+            acl_path=self.acl_path,
+            prefix=self.prefix,
+            crlfile=self.crlfile,
+            persistence_dir=self.workdir if self.persistence else None,
+            verbose_log=self.verbose_log,
+            extra_config=self.extra_config,
+            host=self.host,
+        )

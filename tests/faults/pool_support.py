@@ -1,6 +1,6 @@
 """A cloud pool whose failure mode is switched at run time: the fault boundary of the pool tests.
 
-Run as a child process: `python tests/faults/fault_pool.py PORT`. It speaks the V2 subset the agent's
+Run as a child process: `python tests/faults/pool_support.py PORT`. It speaks the V2 subset the agent's
 PoolClient uses (binary tensor extension, `/v2/models/{m}/versions/{v}/infer`, `/v2/health/ready`) and answers
 with onnxruntime on the zoo's tiny-cnn files, so a healthy pool gives exactly the right answer.
 `POST /control/{mode}` switches: `ok`, `error` (every request 500), `hang` (accepts, never answers).
