@@ -1,19 +1,17 @@
-"""The `edge-agent` command: serve, doctor (and `provision`, registered by the fleet module)."""
+"""The `edge-agent` command: parses the arguments of serve, doctor and provision, and calls their code."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
-import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.errors import AgentError
+from edge_agent.fleet.provision import add_provision_parser
 from models.errors import ModelsError
 
 if TYPE_CHECKING:
@@ -21,11 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
-logger = logging.getLogger("edge_agent")
-
 Command = Callable[[argparse.Namespace], int]
-# Modules that add subcommands with `register(subparsers)`, if installed (e.g. the fleet's `provision`).
-_EXTENSIONS = ("edge_agent.fleet.cli",)
 
 
 def _serve_config(args: argparse.Namespace) -> AgentConfig:
@@ -54,53 +48,6 @@ def _serve_config(args: argparse.Namespace) -> AgentConfig:
     )
 
 
-async def _serve(config: AgentConfig) -> int:
-    from aiohttp import web
-
-    from edge_agent.http import CORE_KEY, STARTUP_KEY, make_app
-
-    app = make_app(config)
-    if config.fleet is not None and not config.standalone and config.state_dir is not None:
-        from edge_agent.fleet.wiring import attach_fleet
-
-        attach_fleet(app, config.fleet, config.state_dir, CORE_KEY)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        site = web.TCPSite(runner, config.http.host, config.http.port, shutdown_timeout=30.0)
-        await site.start()
-        startup = app[STARTUP_KEY]
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({startup, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if startup.done():
-            if startup.exception() is not None:
-                print(f"edge-agent: start failed: {startup.exception()}", file=sys.stderr, flush=True)
-                return 1
-            port = _bound_port(site) or config.http.port
-            ready = app[CORE_KEY].ready()
-            print(f"edge-agent ready on http://{config.http.host}:{port}", flush=True)
-            logger.info("ready=%s", ready)
-            await stopping
-        else:
-            startup.cancel()
-        logger.info("shutting down: finishing in-flight requests")
-        return 0
-    finally:
-        await runner.cleanup()
-
-
-def _bound_port(site: object) -> int | None:
-    server = getattr(site, "_server", None)
-    for sock in getattr(server, "sockets", None) or []:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            return int(sock.getsockname()[1])
-    return None
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     """edge-agent serve."""
     try:
@@ -108,7 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (AgentError, ModelsError, ValueError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(config))
+    from edge_agent.app import serve
+
+    return asyncio.run(serve(config))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -146,20 +95,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     doctor = sub.add_parser("doctor", help="hardware report and runtime self-check on the zoo models")
     doctor.add_argument("--zoo-dir", type=Path, default=None, help="zoo packages (default: the bundled zoo)")
     doctor.set_defaults(func=cmd_doctor)
-    _register_extensions(sub)
+    add_provision_parser(sub)
     return parser, sub
-
-
-def _register_extensions(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Subcommands owned by other modules (e.g. `provision`), added only if those modules exist."""
-    for name in _EXTENSIONS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

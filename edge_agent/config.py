@@ -19,7 +19,6 @@ from pydantic import (
 )
 
 from edge_agent.errors import ConfigError
-from edge_agent.fleet.config import FleetConfig
 from models.runtimes.config import OnnxRuntimeConfig, RuntimeConfig
 from protocols.common import Name
 from protocols.messages import PoolEndpoint
@@ -30,6 +29,7 @@ __all__ = [
     "BatchingConfig",
     "BreakerConfig",
     "ClassLimits",
+    "FleetConfig",
     "HttpConfig",
     "ModelBatching",
     "OffloadConfig",
@@ -159,6 +159,33 @@ class OffloadConfig(_Config):
         default=32, description="Most requests in flight to one pool (bounds the queue we build up there)."
     )
     max_connections: PositiveInt = Field(default=64, description="Keep-alive connections per pool.")
+
+
+class FleetConfig(BaseModel):
+    """The `[fleet]` section: where the identity is and how the link behaves.
+
+    Optional; without it (or with standalone = true) the agent runs with no fleet link.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    identity_dir: Path = Field(
+        default=Path("/var/lib/edgefleet/identity"), description="Identity written by `edge-agent provision`."
+    )
+    telemetry_interval_s: PositiveFloat | None = Field(
+        default=None, description="Seconds between load reports; None = the interval the hub gave at provisioning."
+    )
+    spool_max_reports: PositiveInt = Field(
+        default=8640, description="Reports kept on disk while the broker is away (8640 = 24 h at 10 s); oldest dropped."
+    )
+    spool_max_bytes: PositiveInt = Field(default=64 * 1024 * 1024, description="Byte bound of the on-disk spool.")
+    keepalive_s: PositiveInt = Field(
+        default=30, description="MQTT keep-alive; the broker declares the device lost after 1.5x this."
+    )
+    topic_prefix: str | None = Field(default=None, description="Override of the prefix from provisioning.")
+    broker_url: str | None = Field(
+        default=None, description="Override of the broker from provisioning, mqtts://host:port."
+    )
 
 
 class AgentConfig(_Config):

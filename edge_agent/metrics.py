@@ -13,7 +13,6 @@ __all__ = ["Metrics"]
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-ROUTES = ("local", "cloud", "rejected", "expired")
 BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
@@ -125,11 +124,11 @@ class Metrics:
         children[0].observe(rows)
         children[1].observe(seconds)
 
-    def observe_route(self, model: str, route: str) -> None:
-        """Count one request by where it went (local, cloud, rejected, expired)."""
-        child = self._route_children.get((model, route))
+    def observe_outcome(self, model: str, outcome: str) -> None:
+        """Count one request by where it went (local, cloud, rejected, expired): the `route` label."""
+        child = self._route_children.get((model, outcome))
         if child is None:
-            child = self._route_children[(model, route)] = self.routes.labels(model, route)
+            child = self._route_children[(model, outcome)] = self.routes.labels(model, outcome)
         child.inc()
 
     def set_pool_state(self, pool: str, state: str) -> None:

@@ -79,7 +79,7 @@ def _encode(payload: Payload) -> bytes:
     return payload.encode() if isinstance(payload, str) else payload
 
 
-class MqttLink:
+class DeviceLink:
     """Async context manager owning the connection supervisor and the desired-state dispatcher."""
 
     def __init__(
@@ -320,4 +320,4 @@ class MqttLink:
                     log.exception("desired-state callback %r failed on revision %s", callback, desired.revision)
 
 
-__all__ = ["LinkDown", "LinkSettings", "LinkState", "MqttLink", "PublishFailed"]
+__all__ = ["DeviceLink", "LinkDown", "LinkSettings", "LinkState", "PublishFailed"]

@@ -274,9 +274,9 @@ def provision(
 # --- CLI ----------------------------------------------------------------------------------------------
 
 
-def add_provision_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_provision_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add `provision` to an argparse subparsers object; the parsed args carry `func`."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = subparsers.add_parser(
         "provision", help="join the fleet: get a device certificate from the hub with a claim token"
     )
     _add_arguments(parser)

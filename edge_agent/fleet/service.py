@@ -5,19 +5,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
+from edge_agent.config import FleetConfig
 from edge_agent.fleet.device_load import DeviceLoadSource, ProbeLoadSource, hardware_summary
 from edge_agent.fleet.identity import DeviceIdentity
-from edge_agent.fleet.mqtt_link import LinkSettings, MqttLink
+from edge_agent.fleet.mqtt_link import DeviceLink, LinkSettings
 from edge_agent.fleet.seq import SequenceCounter
 from edge_agent.fleet.spool import Spool
-from edge_agent.fleet.stats import PipelineStatsSource
 from edge_agent.fleet.telemetry import ModelsSource, TelemetryReporter
+from edge_agent.serving.stats import PipelineStatsSource
 from protocols.messages import DeviceBirth, HardwareSummary
 
 log = logging.getLogger(__name__)
@@ -43,22 +43,8 @@ def agent_version() -> str:
         return "0+unknown"
 
 
-@dataclass(frozen=True, slots=True)
-class FleetOptions:
-    """What `[fleet]` in the agent config controls."""
-
-    identity_dir: Path
-    state_dir: Path
-    telemetry_interval_s: float | None = None  # None: what the hub said at provisioning
-    spool_max_reports: int = 8640
-    spool_max_bytes: int = 64 * 1024 * 1024
-    keepalive_s: int = 30
-    topic_prefix: str | None = None
-    broker_url: str | None = None
-
-
 class FleetService:
-    """Owns an MqttLink and a TelemetryReporter sharing one boot id; an async context manager."""
+    """Owns an DeviceLink and a TelemetryReporter sharing one boot id; an async context manager."""
 
     def __init__(
         self,
@@ -79,7 +65,7 @@ class FleetService:
         self._models = models
         self._pipelines = pipelines
         self._interval_s = interval_s
-        self.link = MqttLink(settings, self._birth)
+        self.link = DeviceLink(settings, self._birth)
         self.telemetry = TelemetryReporter(
             self.link,
             stats=stats,
@@ -92,9 +78,10 @@ class FleetService:
         )
 
     @classmethod
-    def from_options(
+    def from_config(
         cls,
-        options: FleetOptions,
+        fleet: FleetConfig,
+        state_dir: Path,
         *,
         stats: PipelineStatsSource,
         load: DeviceLoadSource | None = None,
@@ -102,10 +89,10 @@ class FleetService:
         pipelines: Callable[[], Sequence[str]] | None = None,
         hardware: HardwareSummary | None = None,
     ) -> FleetService:
-        """Build from the provisioned identity and the config's overrides (blocking: reads files)."""
-        identity = DeviceIdentity.load(options.identity_dir)
+        """Build from the provisioned identity and `[fleet]`'s overrides (blocking: reads files)."""
+        identity = DeviceIdentity.load(fleet.identity_dir)
         settings = LinkSettings.from_identity(
-            identity, broker_url=options.broker_url, topic_prefix=options.topic_prefix, keepalive_s=options.keepalive_s
+            identity, broker_url=fleet.broker_url, topic_prefix=fleet.topic_prefix, keepalive_s=fleet.keepalive_s
         )
         if hardware is None:
             from edge_agent import probe
@@ -113,15 +100,15 @@ class FleetService:
             hardware = hardware_summary(probe.probe_hardware())
         return cls(
             settings,
-            options.state_dir,
+            state_dir,
             stats=stats,
-            interval_s=options.telemetry_interval_s or identity.telemetry_interval_s,
+            interval_s=fleet.telemetry_interval_s or identity.telemetry_interval_s,
             hardware=hardware,
             load=load,
             models=models,
             pipelines=pipelines,
-            spool_max_reports=options.spool_max_reports,
-            spool_max_bytes=options.spool_max_bytes,
+            spool_max_reports=fleet.spool_max_reports,
+            spool_max_bytes=fleet.spool_max_bytes,
         )
 
     def _birth(self) -> DeviceBirth:
@@ -154,19 +141,3 @@ class FleetService:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
-
-
-def fleet_cleanup_ctx(
-    factory: Callable[[Any], FleetService],
-) -> Callable[[Any], AsyncIterator[None]]:
-    """An aiohttp cleanup_ctx that runs the service made by `factory(app)` for the app's lifetime."""
-
-    async def ctx(app: Any) -> AsyncIterator[None]:
-        service = factory(app)
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.aclose()
-
-    return ctx

@@ -25,10 +25,10 @@ from typing import Literal, Self
 
 from edge_agent.fleet.device_load import DeviceLoadSource
 from edge_agent.fleet.errors import FleetError
-from edge_agent.fleet.mqtt_link import MqttLink
+from edge_agent.fleet.mqtt_link import DeviceLink
 from edge_agent.fleet.seq import SequenceCounter
 from edge_agent.fleet.spool import Spool
-from edge_agent.fleet.stats import PipelineStatsSource
+from edge_agent.serving.stats import PipelineStatsSource
 from protocols.messages import InstalledModel, LoadReport
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class TelemetryReporter:
 
     def __init__(
         self,
-        link: MqttLink,
+        link: DeviceLink,
         *,
         stats: PipelineStatsSource,
         load: DeviceLoadSource,

@@ -1,16 +1,11 @@
-"""Typed keys of the aiohttp application's state."""
+"""Typed keys of the aiohttp application's state (read by the handlers of this package only)."""
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
-from edge_agent.config import AgentConfig
 from edge_agent.metrics import Metrics
-from edge_agent.serving import ServingCore
+from edge_agent.serving.core import ServingCore
 
-CONFIG_KEY = web.AppKey("config", AgentConfig)
 CORE_KEY = web.AppKey("core", ServingCore)
 METRICS_KEY = web.AppKey("metrics", Metrics)
-STARTUP_KEY = web.AppKey("startup", asyncio.Task[None])

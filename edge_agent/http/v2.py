@@ -11,7 +11,7 @@ from aiohttp import web
 from edge_agent.errors import InvalidInput
 from edge_agent.http.errors import error_kind, error_response
 from edge_agent.http.keys import CORE_KEY, METRICS_KEY
-from edge_agent.serving import LoadedModel
+from edge_agent.serving.registry import LoadedModel
 from protocols.binary import HEADER_LENGTH, decode_request, encode_response
 
 __all__ = ["POOL_HEADER", "ROUTE_HEADER", "ROUTE_PARAMETER", "routes"]
@@ -77,26 +77,26 @@ async def infer(request: web.Request) -> web.Response:
         core = app[CORE_KEY]
         # Shed doomed requests before reading their body, so overload costs little loop time. aiohttp reads
         # and discards an unread body after the response (lingering, keep-alive kept), without buffering it.
-        core.shed(core.route(name, request.match_info.get("version")))
+        core.shed(core.resolve(name, request.match_info.get("version")))
         body = await request.read()
         # Resolved after the last await before queueing, so a version switch never strands a request.
-        route = core.route(name, request.match_info.get("version"))
-        raw = _raw_input(route.model) if header_length == 0 else None
+        target = core.resolve(name, request.match_info.get("version"))
+        raw = _raw_input(target.model) if header_length == 0 else None
         decoded = decode_request(body, header_length, raw_input=raw)
         priority, timeout_us = _scheduling(decoded.parameters)
         wanted = decoded.outputs
         requested = None if wanted is None else [o.name for o in wanted]
-        served = await core.infer_routed(route, decoded.inputs, requested, priority=priority, timeout_us=timeout_us)
+        served = await core.serve(target, decoded.inputs, requested, priority=priority, timeout_us=timeout_us)
         binary: Any = decoded.binary_output if wanted is None else {o.name: o.binary for o in wanted}.__getitem__
         payload, length = encode_response(
             model_name=name,
-            model_version=route.model.version,
+            model_version=target.model.version,
             id=decoded.id,
             outputs=served.outputs,
             binary=binary,
-            parameters={ROUTE_PARAMETER: served.route},
+            parameters={ROUTE_PARAMETER: served.where},
         )
-        headers: dict[str, str] = {ROUTE_HEADER: served.route}
+        headers: dict[str, str] = {ROUTE_HEADER: served.where}
         if served.pool is not None:
             headers[POOL_HEADER] = served.pool
         if length is None:
@@ -132,14 +132,14 @@ async def ready(request: web.Request) -> web.Response:
 async def model_metadata(request: web.Request) -> web.Response:
     """GET v2/models/{model}[/versions/{version}]."""
     core = request.app[CORE_KEY]
-    route = core.route(request.match_info["model"], request.match_info.get("version"))
-    return _json(core.model_metadata(route))
+    target = core.resolve(request.match_info["model"], request.match_info.get("version"))
+    return _json(core.model_metadata(target))
 
 
 async def model_ready(request: web.Request) -> web.Response:
     """GET v2/models/{model}[/versions/{version}]/ready: 200 if warmed up, else 400."""
-    route = request.app[CORE_KEY].route(request.match_info["model"], request.match_info.get("version"))
-    return web.Response(status=200 if route.model.ready else 400)
+    target = request.app[CORE_KEY].resolve(request.match_info["model"], request.match_info.get("version"))
+    return web.Response(status=200 if target.model.ready else 400)
 
 
 def routes() -> list[web.RouteDef]:

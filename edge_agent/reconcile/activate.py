@@ -18,7 +18,7 @@ from pathlib import Path
 from edge_agent.errors import AgentError
 from edge_agent.reconcile.errors import ActivationError, PrepareError
 from edge_agent.reconcile.faults import checkpoint
-from edge_agent.serving import ServingCore
+from edge_agent.serving.core import ServingCore
 from edge_agent.store import ModelStore
 from models.package import ModelPackage
 from models.signing import Ed25519PublicKey

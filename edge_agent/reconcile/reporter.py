@@ -30,7 +30,7 @@ Level = Literal["info", "warning", "error"]
 
 
 class ReportLink(Protocol):
-    """What the reporter needs of the MQTT link (edge_agent.fleet.mqtt_link.MqttLink)."""
+    """What the reporter needs of the MQTT link (edge_agent.fleet.mqtt_link.DeviceLink)."""
 
     @property
     def connected(self) -> bool:

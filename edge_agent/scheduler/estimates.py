@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bisect
 
+from edge_agent.scheduler.queue import QueueKey
+
 __all__ = ["DEFAULT_BATCH_S", "ServiceTimes"]
 
 DEFAULT_BATCH_S = 0.005  # before any measurement of a model (warm-up seeds real figures at load)
@@ -17,11 +19,11 @@ class ServiceTimes:
 
     def __init__(self, alpha: float = 0.2) -> None:
         self._alpha = alpha
-        self._times: dict[str, dict[int, float]] = {}
-        self._counts: dict[tuple[str, int], int] = {}
-        self._sizes: dict[str, list[int]] = {}
+        self._times: dict[QueueKey, dict[int, float]] = {}
+        self._counts: dict[tuple[QueueKey, int], int] = {}
+        self._sizes: dict[QueueKey, list[int]] = {}
 
-    def observe(self, key: str, rows: int, seconds: float) -> None:
+    def observe(self, key: QueueKey, rows: int, seconds: float) -> None:
         """Fold one measured batch duration into the estimate of (key, rows)."""
         times = self._times.setdefault(key, {})
         old = times.get(rows)
@@ -35,13 +37,13 @@ class ServiceTimes:
         else:
             times[rows] = old + self._alpha * (seconds - old)
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: QueueKey) -> None:
         """Drop the estimates of a model version that was unloaded."""
         self._times.pop(key, None)
         self._sizes.pop(key, None)
         self._counts = {k: n for k, n in self._counts.items() if k[0] != key}
 
-    def batch_s(self, key: str, rows: int) -> float:
+    def batch_s(self, key: QueueKey, rows: int) -> float:
         """Estimated run time of a batch of `rows` rows of model `key`."""
         times = self._times.get(key)
         if not times:
@@ -60,6 +62,6 @@ class ServiceTimes:
         t_lo, t_hi = times[lo], times[hi]
         return t_lo + (t_hi - t_lo) * (rows - lo) / (hi - lo)
 
-    def snapshot(self) -> dict[str, dict[int, float]]:
+    def snapshot(self) -> dict[QueueKey, dict[int, float]]:
         """Current estimates (seconds) by model key and rows."""
         return {key: dict(sorted(times.items())) for key, times in self._times.items()}

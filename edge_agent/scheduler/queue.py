@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,6 +20,16 @@ Tensors = dict[str, np.ndarray[Any, Any]]
 RunBatch = Callable[[Mapping[str, np.ndarray[Any, Any]]], Mapping[str, np.ndarray[Any, Any]]]
 
 CLASSES = 3  # ranks: 0 safety, 1 standard, 2 best_effort (protocols.pipeline.PRIORITY_RANK)
+
+
+class QueueKey(NamedTuple):
+    """The queue of one model version; `str()` is "name:version" (metric labels, logs, messages)."""
+
+    model: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.model}:{self.version}"
 
 
 class Expired(Unavailable):
@@ -72,7 +82,7 @@ class ModelQueue:
 
     def __init__(
         self,
-        key: str,
+        key: QueueKey,
         run: RunBatch,
         input_names: tuple[str, ...],
         max_batch_size: int,
@@ -88,7 +98,7 @@ class ModelQueue:
         self.max_queue_delay_s = max_queue_delay_s
         self.classes: tuple[deque[Request], ...] = tuple(deque() for _ in range(CLASSES))
         self.rows = [0] * CLASSES  # live (queued) rows per class
-        # Queued requests per class across every queue of the lane (shared with the batcher).
+        # Queued requests per class across every queue of the lane (shared with the scheduler).
         self.class_counts = class_counts if class_counts is not None else [0] * CLASSES
         self.inflight = 0  # batches of this queue handed to a lane
         self.closed = False

@@ -11,7 +11,7 @@ from agent_support import AgentProcess, Reference, standalone_config, start_agen
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from edge_agent.http import STARTUP_KEY, make_app
+from edge_agent.app import Agent
 from models.zoo import PACKAGES_DIR, ZOO_PUBLIC_KEY_FILE
 
 
@@ -35,7 +35,8 @@ def agent() -> Iterator[AgentProcess]:
 @pytest_asyncio.fixture
 async def client(aiohttp_client: Any) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """An in-process agent app on the zoo, models loaded and warmed up."""
-    app = make_app(standalone_config())
+    agent = Agent(standalone_config())
+    app = agent.http
     test_client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
-    await app[STARTUP_KEY]
+    await agent.startup
     yield test_client

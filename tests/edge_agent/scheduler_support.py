@@ -1,8 +1,15 @@
-"""An injected clock for the scheduler's tests: monotonic time that moves only when told."""
+"""Helpers of the scheduler's tests: an injected clock (monotonic time that moves only when told), queue keys."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from edge_agent.scheduler.queue import QueueKey
+
+
+def qk(model: str) -> QueueKey:
+    """The queue of version 1 of a test model."""
+    return QueueKey(model, "1")
 
 
 class FakeClock:

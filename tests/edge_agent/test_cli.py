@@ -158,7 +158,7 @@ def test_doctor_is_wired(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
 
 async def test_standalone_models_get_the_pool_deadline_and_the_flag_overrides_it() -> None:
     from edge_agent.cli import _serve_config
-    from edge_agent.serving import ServingCore
+    from edge_agent.serving.core import ServingCore
     from edge_agent.store import collect
 
     parser, _ = build_parser()

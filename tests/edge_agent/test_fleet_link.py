@@ -13,7 +13,7 @@ from rig import Mosquitto, TestPKI
 from test_fleet_support import HubWatcher, Received, link_settings, make_link
 
 from edge_agent.fleet.errors import AuthenticationFailed, LinkDown, PublishFailed
-from edge_agent.fleet.mqtt_link import MqttLink
+from edge_agent.fleet.mqtt_link import DeviceLink
 from protocols.messages import DEVICE_STATE, DesiredState, DeviceBirth, DeviceOffline
 from protocols.topics import Topics
 
@@ -90,7 +90,7 @@ _AGENT_SCRIPT = """
 import asyncio, sys, time
 sys.path.insert(0, sys.argv[1])
 from edge_agent.fleet.identity import client_ssl_context
-from edge_agent.fleet.mqtt_link import LinkSettings, MqttLink
+from edge_agent.fleet.mqtt_link import LinkSettings, DeviceLink
 from protocols.messages import DeviceBirth, HardwareSummary
 
 host, port, cafile, certfile, keyfile, device_id = sys.argv[2:8]
@@ -102,7 +102,7 @@ def birth():
 
 async def main():
     ctx = client_ssl_context(cafile, certfile, keyfile)
-    async with MqttLink(LinkSettings(device_id, host, int(port), ctx, keepalive_s=5), birth) as link:
+    async with DeviceLink(LinkSettings(device_id, host, int(port), ctx, keepalive_s=5), birth) as link:
         await link.wait_connected(10)
         print("connected", flush=True)
         await asyncio.sleep(3600)
@@ -164,7 +164,7 @@ async def test_kill9_delivers_the_last_will_offline_lost(
 async def test_authentication_failure_stops_retrying(mosquitto_mtls: Mosquitto, mqtt_pki: TestPKI, who: str) -> None:
     cn = "dev-r" if who == "rogue-ca" else ""
     settings = link_settings(mosquitto_mtls, mqtt_pki, cn, rogue=True, backoff_initial_s=0.05, backoff_max_s=0.1)
-    async with MqttLink(settings, lambda: pytest.fail("no birth expected")) as link:
+    async with DeviceLink(settings, lambda: pytest.fail("no birth expected")) as link:
         with pytest.raises(AuthenticationFailed):
             await link.wait_connected(10)
         await asyncio.sleep(1.0)  # at 0.05-0.1 s backoff a retry loop would have made ~10 attempts by now

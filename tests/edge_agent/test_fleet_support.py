@@ -17,7 +17,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from rig import HUB_USERNAME, Mosquitto, TestPKI
 
-from edge_agent.fleet.mqtt_link import LinkSettings, MqttLink
+from edge_agent.fleet.mqtt_link import DeviceLink, LinkSettings
 from protocols.messages import DeviceBirth, HardwareSummary
 
 HARDWARE = HardwareSummary(platform="x86_64-cpu", model="test", cpu_count=2, ram_mb=2048)
@@ -125,8 +125,8 @@ def link_settings(broker: Mosquitto, pki: TestPKI, cn: str, *, rogue: bool = Fal
     return LinkSettings(device_id=cn or "nobody", host=broker.host, port=broker.port, ssl_context=ctx, **kw)
 
 
-def make_link(broker: Mosquitto, pki: TestPKI, cn: str, **kw: Any) -> MqttLink:
-    return MqttLink(link_settings(broker, pki, cn, **kw), birth_factory(cn))
+def make_link(broker: Mosquitto, pki: TestPKI, cn: str, **kw: Any) -> DeviceLink:
+    return DeviceLink(link_settings(broker, pki, cn, **kw), birth_factory(cn))
 
 
 def fake_probe_root(root: Path, *, busy: int = 100, total: int = 1000) -> Path:

@@ -11,12 +11,12 @@ from rig import MosquittoFactory, TestPKI
 from test_fleet_support import HARDWARE, HubWatcher, fake_probe_root, link_settings
 
 from edge_agent.fleet.device_load import ProbeLoadSource
-from edge_agent.fleet.mqtt_link import MqttLink
+from edge_agent.fleet.mqtt_link import DeviceLink
 from edge_agent.fleet.seq import SequenceCounter
 from edge_agent.fleet.service import SEQ_FILE, FleetService
 from edge_agent.fleet.spool import Spool
-from edge_agent.fleet.stats import PipelineStats
 from edge_agent.fleet.telemetry import TelemetryReporter
+from edge_agent.serving.stats import PipelineStats
 from protocols.messages import LoadReport
 from protocols.topics import Topics
 
@@ -28,7 +28,7 @@ def _reports(hub: HubWatcher, device_id: str) -> list[LoadReport]:
 
 
 async def test_reports_spool_while_never_connected_and_seq_persists(tmp_path: Path) -> None:
-    link = MqttLink(link_settings_unreachable(), lambda: pytest.fail("never connects"))
+    link = DeviceLink(link_settings_unreachable(), lambda: pytest.fail("never connects"))
     stats = PipelineStats()
     stats.register("det", model="tiny-cnn")
     stats.record("det", "local", 0.004)

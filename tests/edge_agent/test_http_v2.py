@@ -13,8 +13,9 @@ from agent_support import Reference, sample, standalone_config
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from edge_agent.app import Agent
 from edge_agent.errors import Unavailable
-from edge_agent.http import CORE_KEY, STARTUP_KEY, make_app
+from edge_agent.http.keys import CORE_KEY
 from protocols.binary import HEADER_LENGTH, decode_response, encode_request
 from protocols.pipeline import PipelineSpec
 
@@ -137,9 +138,10 @@ async def test_pipelines_are_v2_model_names(aiohttp_client: Any) -> None:
             PipelineSpec(name="shelf", model="tiny-cnn", priority="best_effort", deadline_ms=500),
         ],
     )
-    app = make_app(config)
+    agent = Agent(config)
+    app = agent.http
     client: Client = await aiohttp_client(app)
-    await app[STARTUP_KEY]
+    await agent.startup
     assert (await client.get("/v2/models/tiny-cnn")).status == 404
     meta = await (await client.get("/v2/models/collision")).json()
     assert meta["name"] == "collision" and meta["versions"] == ["1"]
@@ -150,7 +152,7 @@ async def test_pipelines_are_v2_model_names(aiohttp_client: Any) -> None:
     assert header["model_name"] == "collision" and header["model_version"] == "1"
     resp = await client.post("/v2/models/collision/versions/2/infer", data=body, headers={HEADER_LENGTH: str(length)})
     assert resp.status == 404
-    assert app[CORE_KEY].pipelines()["collision"].effective_offload == "never"
+    assert agent.core.pipelines()["collision"].effective_offload == "never"
 
 
 async def test_doomed_best_effort_is_shed_before_its_body_is_read_and_the_connection_kept(aiohttp_client: Any) -> None:
@@ -162,9 +164,10 @@ async def test_doomed_best_effort_is_shed_before_its_body_is_read_and_the_connec
             PipelineSpec(name="shelf", model="tiny-cnn", priority="best_effort", deadline_ms=500),
         ],
     )
-    app = make_app(config)
+    agent = Agent(config)
+    app = agent.http
     client: Client = await aiohttp_client(app)
-    await app[STARTUP_KEY]
+    await agent.startup
     body, length = encode_request(inputs={"input": sample("tiny-cnn", 8)})
     for _ in range(3):
         resp = await client.post("/v2/models/shelf/infer", data=body, headers={HEADER_LENGTH: str(length)})
@@ -178,12 +181,13 @@ async def test_doomed_best_effort_is_shed_before_its_body_is_read_and_the_connec
 
 
 async def test_not_ready_until_loaded_then_503_with_retry_after(aiohttp_client: Any) -> None:
-    app = make_app(standalone_config())
+    agent = Agent(standalone_config())
+    app = agent.http
     client: Client = await aiohttp_client(app)
     assert (await client.get("/v2/health/live")).status == 200
-    await app[STARTUP_KEY]
+    await agent.startup
     assert (await client.get("/v2/health/ready")).status == 200
-    core = app[CORE_KEY]
+    core = agent.core
     core.models()["tiny-mlp"]["1"].ready = False
     assert (await client.get("/v2/health/ready")).status == 400
     assert (await client.get("/v2/models/tiny-mlp/ready")).status == 400
@@ -194,9 +198,10 @@ async def test_not_ready_until_loaded_then_503_with_retry_after(aiohttp_client: 
 
 
 async def test_body_limit_is_configurable(aiohttp_client: Any) -> None:
-    app = make_app(standalone_config(http={"max_body_bytes": 1024}))
+    agent = Agent(standalone_config(http={"max_body_bytes": 1024}))
+    app = agent.http
     client: Client = await aiohttp_client(app)
-    await app[STARTUP_KEY]
+    await agent.startup
     body, length = encode_request(inputs={"input": sample("tiny-mlp", 8)})
     resp = await client.post("/v2/models/tiny-mlp/infer", data=body, headers={HEADER_LENGTH: str(length)})
     assert resp.status == 413 and "limit" in (await resp.json())["error"]
@@ -206,8 +211,7 @@ async def test_body_limit_is_configurable(aiohttp_client: Any) -> None:
 
 
 async def test_switch_active_version_while_serving(client: Client) -> None:
-    app = client.server.app
-    core = app[CORE_KEY]
+    core = client.server.app[CORE_KEY]
     body, length = encode_request(inputs={"input": sample("tiny-cnn", 1)})
     headers = {HEADER_LENGTH: str(length)}
 

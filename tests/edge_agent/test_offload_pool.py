@@ -14,8 +14,8 @@ from agent_support import AgentProcess, Reference, sample, standalone_config, st
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from edge_agent.app import Agent
 from edge_agent.config import BreakerConfig, OffloadConfig
-from edge_agent.http import CORE_KEY, STARTUP_KEY, make_app
 from edge_agent.http.v2 import POOL_HEADER, ROUTE_HEADER
 from edge_agent.metrics import Metrics
 from edge_agent.offload import OffloadRefused, OffloadRouter, PoolError
@@ -167,9 +167,10 @@ async def test_agent_offloads_best_effort_and_answers_fast_503_when_the_breaker_
         pools=[{"name": "p1", "url": f"http://127.0.0.1:{port}"}],
         offload=OFFLOAD.model_dump(),
     )
-    app = make_app(config)
+    agent = Agent(config)
+    app = agent.http
     client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
-    await app[STARTUP_KEY]
+    await agent.startup
     batch = sample("tiny-cnn", 3, seed=9)
     body, length = encode_request(inputs={"input": batch})
     headers = {HEADER_LENGTH: str(length)}
@@ -204,22 +205,22 @@ async def test_agent_offloads_best_effort_and_answers_fast_503_when_the_breaker_
 
     restarted = start_pool(port)
     try:
-        await wait_until(lambda: app_pool_state(app) != "open")
+        await wait_until(lambda: pool_state(agent) != "open")
         status, hdrs, (_, arrays), _ = await call("shelf")
         assert status == 200 and hdrs[ROUTE_HEADER] == "cloud"
         np.testing.assert_array_equal(arrays["scores"], reference("tiny-cnn", batch))
-        assert app_pool_state(app) == "closed"
-        loads = {p.name: p for p in make_stats(app)}
+        assert pool_state(agent) == "closed"
+        loads = {p.name: p for p in make_stats(agent)}
         assert loads["shelf"].routes.cloud == 2 and loads["shelf"].routes.rejected == 6
     finally:
         restarted.stop()
 
 
-def app_pool_state(app: web.Application) -> str:
-    router = app[CORE_KEY].router
+def pool_state(agent: Agent) -> str:
+    router = agent.core.router
     assert router is not None
     return router.pools()["p1"].breaker.state
 
 
-def make_stats(app: web.Application) -> Any:
-    return app[CORE_KEY].stats.snapshot(1.0)
+def make_stats(agent: Agent) -> Any:
+    return agent.core.stats.snapshot(1.0)

@@ -24,7 +24,7 @@ from test_fleet_support import HARDWARE, birth_factory
 
 from edge_agent.fleet.errors import ProvisionError
 from edge_agent.fleet.identity import DeviceIdentity
-from edge_agent.fleet.mqtt_link import LinkSettings, MqttLink
+from edge_agent.fleet.mqtt_link import DeviceLink, LinkSettings
 from edge_agent.fleet.provision import cert_fingerprint, provision, provision_main
 from protocols.messages import ProvisionRequest, ProvisionResponse, SigningKey
 
@@ -140,7 +140,7 @@ async def test_provision_writes_identity_and_the_link_connects_with_it(
     assert "certificate_pem" not in info and info["device_id"] == "cam-17"
     assert (directory / "signing-keys" / f"{SIGNING.key_id}.pem").read_text() == SIGNING.public_key_pem
     loaded = DeviceIdentity.load(directory)
-    async with MqttLink(LinkSettings.from_identity(loaded), birth_factory("cam-17")) as link:
+    async with DeviceLink(LinkSettings.from_identity(loaded), birth_factory("cam-17")) as link:
         await link.wait_connected(10)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from reconcile_rig import Artifact, ArtifactServer, HubKey, hub_artifact, start_artifact_server
+from reconcile_support import Artifact, ArtifactServer, HubKey, hub_artifact, start_artifact_server
 from rig import TestPKI, client_ssl_context
 
 from edge_agent.reconcile.download import Downloader, DownloadSettings

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import pytest_asyncio
-from reconcile_rig import (
+from reconcile_support import (
     Artifact,
     ArtifactServer,
     HubKey,
@@ -35,7 +35,7 @@ from edge_agent.reconcile.reconciler import Reconciler
 from edge_agent.reconcile.reporter import Reporter
 from edge_agent.reconcile.state import ReconcileState
 from edge_agent.reconcile.verify import pinned_keys
-from edge_agent.serving import ServingCore
+from edge_agent.serving.core import ServingCore
 from edge_agent.store import ModelStore, collect
 from models.zoo import ZOO_PUBLIC_KEY_FILE, zoo_package_path
 from protocols.messages import ApplyPolicy, DesiredModel
@@ -152,10 +152,10 @@ async def steady_load(core_of: Callable[[], ServingCore], stop: asyncio.Event, a
     batch = {"input": np.zeros((1, 3, 64, 64), dtype=np.float32)}
     while not stop.is_set():
         core = core_of()
-        route = core.route("tiny-cnn")
-        out = await core.infer(route, batch)
+        target = core.resolve("tiny-cnn")
+        out = await core.infer(target, batch)
         assert out["scores"].shape == (1, 4)
-        answers.append(route.model.version)
+        answers.append(target.model.version)
         await asyncio.sleep(0)
 
 
@@ -324,9 +324,9 @@ async def test_desired_pipelines_replace_local_ones_and_empty_restores_them(devi
     await r.wait_idle()
     served = core.pipelines()
     assert served["gate"].priority == "safety" and "ghost" not in served
-    route = core.route("gate")
-    out = await core.infer(route, {"input": np.zeros((1, 3, 64, 64), dtype=np.float32)})
-    assert out["scores"].shape == (1, 4) and route.model.version == "2"
+    target = core.resolve("gate")
+    out = await core.infer(target, {"input": np.zeros((1, 3, 64, 64), dtype=np.float32)})
+    assert out["scores"].shape == (1, 4) and target.model.version == "2"
     skipped = [e for e in device.link.payloads("/events") if e["kind"] == "pipelines.skipped"]
     assert len(skipped) == 1 and "not-installed" in skipped[0]["message"]
 

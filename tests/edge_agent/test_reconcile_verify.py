@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from reconcile_rig import Artifact, HubKey, hub_artifact
+from reconcile_support import Artifact, HubKey, hub_artifact
 
 from edge_agent.reconcile.errors import VerificationError
 from edge_agent.reconcile.policy import PolicyClock, PolicyGate, in_window, seconds_until_window

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from scheduler_support import FakeClock
+from scheduler_support import FakeClock, qk
 
 from edge_agent.http.errors import error_response
-from edge_agent.scheduler import Batcher, QueueFull, ServiceTimes
+from edge_agent.scheduler import PriorityScheduler, QueueFull, QueueKey, ServiceTimes
 
 Arrays = Mapping[str, np.ndarray[Any, Any]]
 SAFETY, STANDARD, BEST_EFFORT = 0, 1, 2
@@ -39,13 +39,13 @@ class Runner:
 class FixedTimes(ServiceTimes):
     """Service times set by the test: measured batch durations are ignored (the lane runs in microseconds)."""
 
-    def __init__(self, times: dict[str, dict[int, float]]) -> None:
+    def __init__(self, times: dict[QueueKey, dict[int, float]]) -> None:
         super().__init__()
         for key, by_rows in times.items():
             for n, seconds in by_rows.items():
                 super().observe(key, n, seconds)
 
-    def observe(self, key: str, rows: int, seconds: float) -> None:
+    def observe(self, key: QueueKey, rows: int, seconds: float) -> None:
         pass
 
 
@@ -67,19 +67,19 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.002)
 
 
-def lane_with_blocker(batcher: Batcher, log: list[tuple[str, int, str]], gate: threading.Event) -> None:
+def lane_with_blocker(scheduler: PriorityScheduler, log: list[tuple[str, int, str]], gate: threading.Event) -> None:
     """A model `block` whose batches wait on `gate`: submit one to keep the main lane busy."""
-    batcher.add_queue("block", Runner(log, "block", gate), ("x",), max_batch_size=8)
+    scheduler.add_queue(qk("block"), Runner(log, "block", gate), ("x",), max_batch_size=8)
 
 
 async def test_strict_priority_across_models_and_fifo_within_class() -> None:
     log: list[tuple[str, int, str]] = []
     gate = threading.Event()
-    batcher = Batcher(depth=1, clock=FakeClock(), safety_lane="shared")
-    lane_with_blocker(batcher, log, gate)
+    scheduler = PriorityScheduler(depth=1, clock=FakeClock(), safety_lane="shared")
+    lane_with_blocker(scheduler, log, gate)
     for key in ("a", "b", "c"):
-        batcher.add_queue(key, Runner(log, key), ("x",), max_batch_size=1)
-    blocker = batcher.submit("block", rows(1), 1, priority=BEST_EFFORT)
+        scheduler.add_queue(qk(key), Runner(log, key), ("x",), max_batch_size=1)
+    blocker = scheduler.submit(qk("block"), rows(1), 1, rank=BEST_EFFORT)
     await settle()
     order = [
         ("a", BEST_EFFORT),
@@ -89,78 +89,78 @@ async def test_strict_priority_across_models_and_fifo_within_class() -> None:
         ("c", SAFETY),
         ("b", SAFETY),
     ]
-    futures = [batcher.submit(key, rows(1), 1, priority=rank) for key, rank in order]
+    futures = [scheduler.submit(qk(key), rows(1), 1, rank=rank) for key, rank in order]
     gate.set()
     await asyncio.gather(blocker, *futures)
     ran = [tag for tag, _, _ in log[1:]]
     # Safety first (FIFO: c then b), then standard (b then a), then best effort (a then c): across models.
     assert ran == ["c", "b", "b", "a", "a", "c"]
-    await batcher.aclose()
+    await scheduler.aclose()
 
 
 async def test_batches_form_within_a_model_and_class_never_across() -> None:
     log: list[tuple[str, int, str]] = []
     gate = threading.Event()
-    batcher = Batcher(depth=1, clock=FakeClock(), safety_lane="shared")
-    lane_with_blocker(batcher, log, gate)
-    batcher.add_queue("m", Runner(log, "m"), ("x",), max_batch_size=4)
-    batcher.add_queue("n", Runner(log, "n"), ("x",), max_batch_size=4)
-    blocker = batcher.submit("block", rows(1), 1, priority=STANDARD)
+    scheduler = PriorityScheduler(depth=1, clock=FakeClock(), safety_lane="shared")
+    lane_with_blocker(scheduler, log, gate)
+    scheduler.add_queue(qk("m"), Runner(log, "m"), ("x",), max_batch_size=4)
+    scheduler.add_queue(qk("n"), Runner(log, "n"), ("x",), max_batch_size=4)
+    blocker = scheduler.submit(qk("block"), rows(1), 1, rank=STANDARD)
     await settle()
-    low = [batcher.submit("m", rows(1, float(i)), 1, priority=BEST_EFFORT) for i in range(6)]
-    std = [batcher.submit("m", rows(1, 10.0 + i), 1, priority=STANDARD) for i in range(2)]
-    other = batcher.submit("n", rows(2), 2, priority=STANDARD)
+    low = [scheduler.submit(qk("m"), rows(1, float(i)), 1, rank=BEST_EFFORT) for i in range(6)]
+    std = [scheduler.submit(qk("m"), rows(1, 10.0 + i), 1, rank=STANDARD) for i in range(2)]
+    other = scheduler.submit(qk("n"), rows(2), 2, rank=STANDARD)
     gate.set()
     results = await asyncio.gather(*low, *std, other)
     await blocker
     assert [(tag, n) for tag, n, _ in log[1:]] == [("m", 2), ("n", 2), ("m", 4), ("m", 2)]
     for i, out in enumerate(results[:6]):
         np.testing.assert_array_equal(out["y"], [[i + 1.0]])  # each caller gets its own rows back
-    assert batcher.queue_rows() == {"block": 0, "m": 0, "n": 0}
-    await batcher.aclose()
+    assert scheduler.queue_rows() == {qk("block"): 0, qk("m"): 0, qk("n"): 0}
+    await scheduler.aclose()
 
 
 async def test_bounded_class_queues_answer_503_with_retry_after() -> None:
     log: list[tuple[str, int, str]] = []
     gate = threading.Event()
-    batcher = Batcher(depth=1, clock=FakeClock(), limits=(2, 2, 1), safety_lane="shared")
-    lane_with_blocker(batcher, log, gate)
-    batcher.add_queue("m", Runner(log, "m"), ("x",), max_batch_size=1)
-    blocker = batcher.submit("block", rows(1), 1, priority=STANDARD)
+    scheduler = PriorityScheduler(depth=1, clock=FakeClock(), limits=(2, 2, 1), safety_lane="shared")
+    lane_with_blocker(scheduler, log, gate)
+    scheduler.add_queue(qk("m"), Runner(log, "m"), ("x",), max_batch_size=1)
+    blocker = scheduler.submit(qk("block"), rows(1), 1, rank=STANDARD)
     await settle()
-    queued = batcher.submit("m", rows(1), 1, priority=BEST_EFFORT)
-    assert batcher.queued(BEST_EFFORT) == 1 and not batcher.has_room(BEST_EFFORT)
+    queued = scheduler.submit(qk("m"), rows(1), 1, rank=BEST_EFFORT)
+    assert scheduler.queued(BEST_EFFORT) == 1 and not scheduler.has_room(BEST_EFFORT)
     with pytest.raises(QueueFull) as info:
-        batcher.submit("m", rows(1), 1, priority=BEST_EFFORT)
+        scheduler.submit(qk("m"), rows(1), 1, rank=BEST_EFFORT)
     response = error_response(info.value)
     assert response.status == 503 and int(response.headers["Retry-After"]) >= 1
     # Other classes have their own bound.
-    standard = [batcher.submit("m", rows(1), 1, priority=STANDARD) for _ in range(2)]
+    standard = [scheduler.submit(qk("m"), rows(1), 1, rank=STANDARD) for _ in range(2)]
     with pytest.raises(QueueFull):
-        batcher.submit("m", rows(1), 1, priority=STANDARD)
+        scheduler.submit(qk("m"), rows(1), 1, rank=STANDARD)
     gate.set()
     await asyncio.gather(blocker, queued, *standard)
-    assert batcher.has_room(BEST_EFFORT) and batcher.queued(STANDARD) == 0
-    await batcher.aclose()
+    assert scheduler.has_room(BEST_EFFORT) and scheduler.queued(STANDARD) == 0
+    await scheduler.aclose()
 
 
 async def test_dedicated_safety_lane_never_waits_behind_a_running_batch() -> None:
     log: list[tuple[str, int, str]] = []
     gate = threading.Event()
-    batcher = Batcher(depth=2, clock=FakeClock(), safety_lane="dedicated")
-    lane_with_blocker(batcher, log, gate)
-    batcher.add_queue("s", Runner(log, "s"), ("x",), max_batch_size=8)
-    busy = [batcher.submit("block", rows(8), 8, priority=BEST_EFFORT) for _ in range(3)]
+    scheduler = PriorityScheduler(depth=2, clock=FakeClock(), safety_lane="dedicated")
+    lane_with_blocker(scheduler, log, gate)
+    scheduler.add_queue(qk("s"), Runner(log, "s"), ("x",), max_batch_size=8)
+    busy = [scheduler.submit(qk("block"), rows(8), 8, rank=BEST_EFFORT) for _ in range(3)]
     await settle()
-    assert batcher.inflight == 2  # running + pre-handed on the main lane
-    safety = batcher.submit("s", rows(1), 1, priority=SAFETY)
+    assert scheduler.inflight == 2  # running + pre-handed on the main lane
+    safety = scheduler.submit(qk("s"), rows(1), 1, rank=SAFETY)
     out = await asyncio.wait_for(safety, 5)  # answered while every best-effort batch is still blocked
     np.testing.assert_array_equal(out["y"], [[1.0]])
     assert log == [("s", 1, "lane-cpu-safety_0")]
     gate.set()
     await asyncio.gather(*busy)
     assert {thread for tag, _, thread in log if tag == "block"} == {"lane-cpu_0"}
-    await batcher.aclose()
+    await scheduler.aclose()
 
 
 async def test_shared_lane_bound_no_prehand_and_capped_batches_while_safety_active() -> None:
@@ -168,28 +168,28 @@ async def test_shared_lane_bound_no_prehand_and_capped_batches_while_safety_acti
     gate = threading.Event()
     clock = FakeClock()
     # Service times: 1 row 0.5 ms, 8 rows 4 ms (linear between), so 2 ms of work is 4 rows.
-    times = FixedTimes({"block": {1: 0.0005, 8: 0.004}})
-    batcher = Batcher(
+    times = FixedTimes({qk("block"): {1: 0.0005, 8: 0.004}})
+    scheduler = PriorityScheduler(
         depth=2, clock=clock, estimates=times, safety_lane="shared", safety_max_wait_s=0.002, safety_window_s=1.0
     )
-    lane_with_blocker(batcher, log, gate)
-    batcher.add_queue("s", Runner(log, "s"), ("x",), max_batch_size=8)
+    lane_with_blocker(scheduler, log, gate)
+    scheduler.add_queue(qk("s"), Runner(log, "s"), ("x",), max_batch_size=8)
     # Safety inactive: full batches, pipelined two deep.
-    quiet = [batcher.submit("block", rows(8), 8, priority=BEST_EFFORT) for _ in range(3)]
+    quiet = [scheduler.submit(qk("block"), rows(8), 8, rank=BEST_EFFORT) for _ in range(3)]
     await settle()
-    assert batcher.inflight == 2
+    assert scheduler.inflight == 2
     gate.set()
     await asyncio.gather(*quiet)
     gate.clear()
     log.clear()
     # A safety request makes safety traffic active for safety_window_s.
-    await batcher.submit("s", rows(1), 1, priority=SAFETY)
-    busy = [batcher.submit("block", rows(1), 1, priority=BEST_EFFORT) for _ in range(16)]
+    await scheduler.submit(qk("s"), rows(1), 1, rank=SAFETY)
+    busy = [scheduler.submit(qk("block"), rows(1), 1, rank=BEST_EFFORT) for _ in range(16)]
     await settle()
-    assert batcher.inflight == 1  # no lower-class batch is pre-handed: a safety arrival waits for one batch only
-    safety = batcher.submit("s", rows(1), 1, priority=SAFETY)
+    assert scheduler.inflight == 1  # no lower-class batch is pre-handed: a safety arrival waits for one batch only
+    safety = scheduler.submit(qk("s"), rows(1), 1, rank=SAFETY)
     await settle()
-    assert batcher.inflight == 2  # safety is handed right behind the running batch
+    assert scheduler.inflight == 2  # safety is handed right behind the running batch
     gate.set()
     await asyncio.gather(safety, *busy)
     tags = [(tag, n) for tag, n, _ in log]
@@ -199,24 +199,24 @@ async def test_shared_lane_bound_no_prehand_and_capped_batches_while_safety_acti
     # Once safety has been quiet for the window, batches are full again.
     clock.advance(1.5)
     log.clear()
-    await asyncio.gather(*(batcher.submit("block", rows(1), 1, priority=BEST_EFFORT) for _ in range(8)))
+    await asyncio.gather(*(scheduler.submit(qk("block"), rows(1), 1, rank=BEST_EFFORT) for _ in range(8)))
     assert [n for _, n, _ in log] == [8]
-    await batcher.aclose()
+    await scheduler.aclose()
 
 
 async def test_lower_class_never_overtakes_a_waiting_higher_class() -> None:
     log: list[tuple[str, int, str]] = []
     gate = threading.Event()
-    batcher = Batcher(depth=2, clock=FakeClock(), safety_lane="dedicated")
-    lane_with_blocker(batcher, log, gate)
-    batcher.add_queue("m", Runner(log, "m"), ("x",), max_batch_size=4)
-    blocker = batcher.submit("block", rows(1), 1, priority=STANDARD)
+    scheduler = PriorityScheduler(depth=2, clock=FakeClock(), safety_lane="dedicated")
+    lane_with_blocker(scheduler, log, gate)
+    scheduler.add_queue(qk("m"), Runner(log, "m"), ("x",), max_batch_size=4)
+    blocker = scheduler.submit(qk("block"), rows(1), 1, rank=STANDARD)
     await settle()
-    partial = batcher.submit("m", rows(1), 1, priority=STANDARD)  # partial: waits for the lane
-    full = [batcher.submit("m", rows(4), 4, priority=BEST_EFFORT)]  # full, but lower class
+    partial = scheduler.submit(qk("m"), rows(1), 1, rank=STANDARD)  # partial: waits for the lane
+    full = [scheduler.submit(qk("m"), rows(4), 4, rank=BEST_EFFORT)]  # full, but lower class
     await settle()
-    assert batcher.inflight == 1  # the full best-effort batch is not pre-handed ahead of standard
+    assert scheduler.inflight == 1  # the full best-effort batch is not pre-handed ahead of standard
     gate.set()
     await asyncio.gather(blocker, partial, *full)
     assert [(tag, n) for tag, n, _ in log] == [("block", 1), ("m", 1), ("m", 4)]
-    await batcher.aclose()
+    await scheduler.aclose()

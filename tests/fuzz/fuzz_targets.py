@@ -22,7 +22,7 @@ from cloud_hub.ingest.dispatch import Dispatcher
 from cloud_hub.ingest.writer import BatchWriter
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.store import Store
-from edge_agent.fleet.mqtt_link import LinkSettings, MqttLink
+from edge_agent.fleet.mqtt_link import DeviceLink, LinkSettings
 from protocols.binary import CodecError, decode_request, decode_response
 from protocols.common import ProtocolError
 from protocols.messages import DEVICE_STATE, MESSAGE_MODELS, DesiredState, DeviceBirth, HardwareSummary
@@ -132,7 +132,7 @@ class HubDispatch:
 
 
 class AgentDispatch:
-    """The agent's real desired-state receive path (MqttLink._on_message), not connected."""
+    """The agent's real desired-state receive path (DeviceLink._on_message), not connected."""
 
     def __init__(self) -> None:
         hardware = HardwareSummary(platform="x86_64-cpu", cpu_count=1, ram_mb=1)
@@ -147,7 +147,7 @@ class AgentDispatch:
                 telemetry_interval_s=1.0,
             )
 
-        self.link = MqttLink(LinkSettings(DEVICE, "127.0.0.1", 1, None), birth)
+        self.link = DeviceLink(LinkSettings(DEVICE, "127.0.0.1", 1, None), birth)
         self.count = 0
 
     def __call__(self, payload: bytes) -> None:

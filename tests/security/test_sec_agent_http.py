@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from agent_support import standalone_config, start_agent
 
+from edge_agent.app import Agent
 from edge_agent.cli import build_parser
 from edge_agent.config import AgentConfig, HttpConfig, load_config
 from edge_agent.errors import ConfigError
-from edge_agent.http import STARTUP_KEY, make_app
 from edge_agent.http.auth import is_loopback
 from models.zoo import PACKAGES_DIR, ZOO_PUBLIC_KEY_FILE
 
@@ -66,9 +66,10 @@ def test_a_started_agent_listens_on_loopback_only() -> None:
 
 
 async def test_token_guards_every_route_but_the_health_probes(aiohttp_client: Any, tmp_path: Path) -> None:
-    app = make_app(standalone_config(http=HttpConfig(token_file=_token_file(tmp_path))))
+    agent = Agent(standalone_config(http=HttpConfig(token_file=_token_file(tmp_path))))
+    app = agent.http
     client = await aiohttp_client(app)
-    await app[STARTUP_KEY]
+    await agent.startup
     good = {"Authorization": f"Bearer {TOKEN}"}
     bad = [
         {},
@@ -117,22 +118,22 @@ def test_token_file_must_be_usable(tmp_path: Path) -> None:
         if content is not None:
             path.write_text(content)
         with pytest.raises(ConfigError, match="token_file"):
-            make_app(standalone_config(http=HttpConfig(token_file=path)))
+            Agent(standalone_config(http=HttpConfig(token_file=path)))
 
 
 def test_exposed_without_token_warns_and_the_token_is_never_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    make_app(standalone_config(http=HttpConfig(host="0.0.0.0")))
+    Agent(standalone_config(http=HttpConfig(host="0.0.0.0")))
     assert any(r.levelno == logging.WARNING and "without a token" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    make_app(standalone_config())
-    make_app(standalone_config(http=HttpConfig(host="0.0.0.0", token_file=_token_file(tmp_path))))
+    Agent(standalone_config())
+    Agent(standalone_config(http=HttpConfig(host="0.0.0.0", token_file=_token_file(tmp_path))))
     assert not any("without a token" in r.getMessage() for r in caplog.records)
     caplog.clear()
     loose = _token_file(tmp_path, mode=0o644)
-    make_app(standalone_config(http=HttpConfig(token_file=loose)))
+    Agent(standalone_config(http=HttpConfig(token_file=loose)))
     assert any("readable by group or others" in r.getMessage() for r in caplog.records)
     assert TOKEN not in caplog.text
 

@@ -11,18 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from edge_agent.errors import Unavailable
 from edge_agent.offload.client import PoolError
-from edge_agent.scheduler.batcher import SAFETY, Batcher
-from edge_agent.scheduler.queue import CLASSES, Expired, Tensors
+from edge_agent.offload.router import OffloadRouter
+from edge_agent.scheduler.priority import SAFETY, PriorityScheduler
+from edge_agent.scheduler.queue import CLASSES, Expired, QueueKey, Tensors
 from protocols.pipeline import PRIORITY_RANK, PipelineSpec
-
-if TYPE_CHECKING:
-    from edge_agent.offload.router import OffloadRouter
 
 __all__ = ["Admission", "Rejected", "Served", "budget_s", "effective_rank"]
 
@@ -38,7 +36,7 @@ class Served:
     """A request's outputs and where it ran."""
 
     outputs: Tensors
-    route: Literal["local", "cloud"]
+    where: Literal["local", "cloud"]
     pool: str | None = None
 
 
@@ -60,19 +58,19 @@ def budget_s(deadline_ms: int, timeout_us: int | None) -> float:
 
 
 class Admission:
-    """Decides local, cloud or 503 for each request, from the batcher's estimates and the pools' state."""
+    """Decides local, cloud or 503 for each request, from the scheduler's estimates and the pools' state."""
 
-    def __init__(self, batcher: Batcher, router: OffloadRouter | None, *, margin_s: float) -> None:
-        self._batcher = batcher
+    def __init__(self, scheduler: PriorityScheduler, router: OffloadRouter | None, *, margin_s: float) -> None:
+        self._scheduler = scheduler
         self._router = router
         self._margin_s = margin_s
 
-    def _local_fits(self, key: str, rows: int, rank: int, deadline: float) -> tuple[bool, float]:
-        batcher = self._batcher
-        estimate = batcher.estimate_s(key, rows, rank)
-        return batcher.has_room(rank) and batcher.now() + estimate + self._margin_s <= deadline, estimate
+    def _local_fits(self, key: QueueKey, rows: int, rank: int, deadline: float) -> tuple[bool, float]:
+        scheduler = self._scheduler
+        estimate = scheduler.estimate_s(key, rows, rank)
+        return scheduler.has_room(rank) and scheduler.now() + estimate + self._margin_s <= deadline, estimate
 
-    def shed(self, pipeline: PipelineSpec, key: str, deadline: float) -> Rejected | None:
+    def shed(self, pipeline: PipelineSpec, key: QueueKey, deadline: float) -> Rejected | None:
         """Pre-admission, before the body is read: a Rejected if the request is doomed whatever it carries.
 
         Judged at the pipeline's own class with one row, the most favourable case (a request's `priority` may
@@ -83,10 +81,10 @@ class Admission:
         rank = PRIORITY_RANK[pipeline.priority]
         if rank == SAFETY:
             return None
-        batcher = self._batcher
-        now = batcher.now()
-        full = not any(batcher.has_room(r) for r in range(rank, CLASSES))
-        estimate = batcher.estimate_s(key, 1, rank)
+        scheduler = self._scheduler
+        now = scheduler.now()
+        full = not any(scheduler.has_room(r) for r in range(rank, CLASSES))
+        estimate = scheduler.estimate_s(key, 1, rank)
         if not full and now + estimate + self._margin_s <= deadline:
             return None
         router = self._router
@@ -102,8 +100,7 @@ class Admission:
     async def run(
         self,
         pipeline: PipelineSpec,
-        key: str,
-        version: str,
+        key: QueueKey,
         inputs: Mapping[str, np.ndarray[Any, Any]],
         rows: int,
         *,
@@ -116,12 +113,12 @@ class Admission:
         if not fits:
             router = self._router
             if pipeline.effective_offload == "overflow" and router is not None:
-                remaining = deadline - self._batcher.now()
+                remaining = deadline - self._scheduler.now()
                 pool = router.pick(pipeline.model, remaining)
                 if pool is not None:
                     try:
                         outputs = await router.infer(
-                            pipeline, pool, version=version, inputs=inputs, outputs=requested, timeout_s=remaining
+                            pipeline, pool, version=key.version, inputs=inputs, outputs=requested, timeout_s=remaining
                         )
                         return Served(outputs, "cloud", pool.name)
                     except PoolError as exc:
@@ -130,11 +127,11 @@ class Admission:
                         logger.debug("offload to %s failed, trying local: %s", pool.name, exc)
                         fits, estimate = self._local_fits(key, rows, rank, deadline)
             if not fits:
-                budget_ms = (deadline - self._batcher.now()) * 1000.0
+                budget_ms = (deadline - self._scheduler.now()) * 1000.0
                 raise Rejected(
                     f"deadline cannot be met: estimated {estimate * 1000.0:.1f} ms locally, {budget_ms:.1f} ms left, "
                     "and no cloud pool can take it",
                     retry_after_s=estimate,
                 )
-        outputs = await self._batcher.submit(key, inputs, rows, priority=rank, deadline=deadline)
+        outputs = await self._scheduler.submit(key, inputs, rows, rank=rank, deadline=deadline)
         return Served(outputs, "local")

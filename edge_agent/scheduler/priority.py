@@ -34,9 +34,9 @@ from edge_agent.errors import InferenceFailed, NotFound, Unavailable
 from edge_agent.scheduler.estimates import ServiceTimes
 from edge_agent.scheduler.expiry import Clock, ExpiryTimer, Timer
 from edge_agent.scheduler.lane import Lane
-from edge_agent.scheduler.queue import CLASSES, ModelQueue, Request, RunBatch, Tensors, run_batch
+from edge_agent.scheduler.queue import CLASSES, ModelQueue, QueueKey, Request, RunBatch, Tensors, run_batch
 
-__all__ = ["BatchObserver", "Batcher", "Clock", "QueueFull", "SafetyLane", "Timer"]
+__all__ = ["BatchObserver", "Clock", "PriorityScheduler", "QueueFull", "SafetyLane", "Timer"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ DEFAULT_RANK = 1  # standard
 DEFAULT_LIMITS = (64, 256, 512)
 
 
-BatchObserver = Callable[[str, int, float], None]
+BatchObserver = Callable[[QueueKey, int, float], None]
 """Called on the loop after each batch with (queue key, rows, run seconds)."""
 
 
@@ -54,7 +54,7 @@ class QueueFull(Unavailable):
     """The request's priority class already has its maximum of queued requests (HTTP 503)."""
 
 
-class Batcher:
+class PriorityScheduler:
     """Per-model, per-class queues feeding the accelerator's execution lane(s), one batch at a time each."""
 
     def __init__(
@@ -83,7 +83,7 @@ class Batcher:
         self._safety_max_wait_s = safety_max_wait_s
         self._safety_window_s = safety_window_s
         self._last_safety = -math.inf
-        self._queues: dict[str, ModelQueue] = {}
+        self._queues: dict[QueueKey, ModelQueue] = {}
         self._class_counts = [0] * CLASSES
         self._scheduled = False
         self._timer: Timer | None = None
@@ -99,7 +99,7 @@ class Batcher:
 
     def add_queue(
         self,
-        key: str,
+        key: QueueKey,
         run: RunBatch,
         input_names: tuple[str, ...],
         max_batch_size: int,
@@ -110,7 +110,7 @@ class Batcher:
         self._queues[key] = queue
         return queue
 
-    async def remove_queue(self, key: str) -> None:
+    async def remove_queue(self, key: QueueKey) -> None:
         """Refuse new requests for a queue, let queued and running ones finish, then forget it."""
         queue = self._queues.get(key)
         if queue is None:
@@ -123,7 +123,7 @@ class Batcher:
         self._queues.pop(key, None)
         self.estimates.forget(key)
 
-    def queue_rows(self) -> dict[str, int]:
+    def queue_rows(self) -> dict[QueueKey, int]:
         """Rows waiting per queue (for the queue-depth gauge)."""
         return {key: q.total_rows() for key, q in self._queues.items()}
 
@@ -132,7 +132,7 @@ class Batcher:
         return self._class_counts[rank]
 
     def now(self) -> float:
-        """The batcher's monotonic clock (loop time unless injected)."""
+        """The scheduler's monotonic clock (loop time unless injected)."""
         return self._clock.time()
 
     @property
@@ -149,7 +149,7 @@ class Batcher:
         """True if the class may queue one more request."""
         return self._class_counts[rank] < self._limits[rank]
 
-    def estimate_s(self, key: str, rows: int, rank: int) -> float:
+    def estimate_s(self, key: QueueKey, rows: int, rank: int) -> float:
         """Seconds until a request of `rows` rows of `key` at class `rank` would complete if queued now.
 
         = the rest of the running batch + batches already handed + the work queued at equal or higher
@@ -174,28 +174,28 @@ class Batcher:
 
     def submit(
         self,
-        key: str,
+        key: QueueKey,
         inputs: Mapping[str, np.ndarray[Any, Any]],
         rows: int,
         *,
-        priority: int = DEFAULT_RANK,
+        rank: int = DEFAULT_RANK,
         deadline: float | None = None,
     ) -> asyncio.Future[Tensors]:
-        """Queue one request of `rows` rows at class rank `priority` (0 = safety); resolves to its outputs."""
+        """Queue one request of `rows` rows at class `rank` (0 = safety); resolves to its outputs."""
         if self._closed:
             raise Unavailable("the agent is shutting down")
         queue = self._queues.get(key)
         if queue is None or queue.closed:
-            raise NotFound(f"no queue for model {key!r}")
-        if not self.has_room(priority):
-            backlog = self.estimate_s(key, rows, priority)
-            raise QueueFull(f"queue of priority class {priority} is full", retry_after_s=backlog)
+            raise NotFound(f"no queue for model {str(key)!r}")
+        if not self.has_room(rank):
+            backlog = self.estimate_s(key, rows, rank)
+            raise QueueFull(f"queue of priority class {rank} is full", retry_after_s=backlog)
         now = self._clock.time()
         future: asyncio.Future[Tensors] = self._loop.create_future()
         seq = next(self._seq)
-        request = Request(inputs, rows, future, now, rank=priority, deadline=deadline, seq=seq)
+        request = Request(inputs, rows, future, now, rank=rank, deadline=deadline, seq=seq)
         queue.push(request)
-        if priority == SAFETY:
+        if rank == SAFETY:
             self._last_safety = now
         if deadline is not None:
             self._expiry.add(queue, request, deadline)
@@ -323,7 +323,7 @@ class Batcher:
             logger.error("batch of %s request(s) for %s failed: %s", len(batch), queue.key, results)
             for request in batch:
                 if not request.future.done():
-                    error = InferenceFailed(f"inference failed for model {queue.key!r}: {results}")
+                    error = InferenceFailed(f"inference failed for model {str(queue.key)!r}: {results}")
                     error.__cause__ = results
                     request.future.set_exception(error)
         else:

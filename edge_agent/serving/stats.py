@@ -16,8 +16,9 @@ from typing import Literal, Protocol, get_args
 
 from protocols.messages import PipelineLoad, RouteCounts
 
-Route = Literal["local", "cloud", "rejected", "expired"]
-ROUTES: tuple[str, ...] = get_args(Route)
+Outcome = Literal["local", "cloud", "rejected", "expired"]
+"""Where a request went: answered locally or by a cloud pool, rejected at admission, or expired."""
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
 Priority = Literal["safety", "standard", "best_effort"]
 
 _MIN_LATENCY_S = 50e-6
@@ -61,7 +62,7 @@ def _quantile_ms(histogram: list[int], total: int, q: float) -> float | None:
 class _Interval:
     requests: int = 0
     errors: int = 0
-    routes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROUTES, 0))
+    routes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     histogram: list[int] = field(default_factory=lambda: [0] * _BUCKETS)
     timed: int = 0
 
@@ -105,7 +106,7 @@ class PipelineStats:
         with self._lock:
             self._pipelines.pop(pipeline, None)
 
-    def record(self, pipeline: str, route: Route, latency_s: float, ok: bool = True) -> None:
+    def record(self, pipeline: str, outcome: Outcome, latency_s: float, ok: bool = True) -> None:
         """Count one request: where it went, how long it took (answered ones) and whether it failed."""
         with self._lock:
             entry = self._pipelines.get(pipeline)
@@ -114,10 +115,10 @@ class PipelineStats:
                 entry = self._pipelines[pipeline] = _Pipeline(pipeline, "standard")
             interval = entry.current
             interval.requests += 1
-            interval.routes[route] += 1
+            interval.routes[outcome] += 1
             if not ok:
                 interval.errors += 1
-            if route in ("local", "cloud") and ok:
+            if outcome in ("local", "cloud") and ok:
                 interval.histogram[_bucket(latency_s)] += 1
                 interval.timed += 1
 

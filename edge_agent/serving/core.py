@@ -1,13 +1,14 @@
-"""The serving core: loaded models, pipelines (V2 model names), validation, and inference via the batcher.
+"""The serving core: pipelines (V2 model names) over the model registry, and inference via the scheduler.
 
-Transports (HTTP now, others later) decode, call `route` + `infer`, and encode; they hold no model state.
+Transports (HTTP now, others later) decode, call `resolve` + `infer`/`serve`, and encode; they hold no model
+state.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,21 +16,22 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
 from edge_agent.errors import InferenceFailed, InvalidInput, NotFound, Unavailable
-from edge_agent.fleet.stats import PipelineStats
-from edge_agent.fleet.stats import Route as StatsRoute
 from edge_agent.metrics import Metrics
 from edge_agent.offload.router import OffloadRouter
-from edge_agent.scheduler import Batcher, BatchObserver, Expired, ServiceTimes
-from edge_agent.scheduler.admission import Admission, Served, budget_s, effective_rank
+from edge_agent.scheduler.estimates import ServiceTimes
+from edge_agent.scheduler.priority import BatchObserver, PriorityScheduler
+from edge_agent.scheduler.queue import Expired, QueueKey
+from edge_agent.serving.admission import Admission, Served, budget_s, effective_rank
+from edge_agent.serving.registry import LoadedModel, ModelRegistry
+from edge_agent.serving.stats import Outcome, PipelineStats
 from edge_agent.store import version_key
 from models.package import ModelPackage
-from models.runtimes.base import Runtime
 from models.runtimes.factory import create_runtime
 from protocols.datatypes import numpy_dtype
-from protocols.manifest import Manifest, TensorSpec
+from protocols.manifest import TensorSpec
 from protocols.pipeline import PipelineSpec
 
-__all__ = ["LoadedModel", "Route", "Served", "ServingCore"]
+__all__ = ["ServingCore", "Target"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,78 +40,8 @@ SERVER_NAME = "edgefleet-edge-agent"
 EXTENSIONS = ("binary_tensor_data", "parameters")
 
 
-def _tensor_meta(t: TensorSpec) -> dict[str, Any]:
-    return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """One loaded version of a model: its runtime, limits and precomputed input checks."""
-
-    manifest: Manifest
-    runtime: Runtime
-    max_batch_size: int
-    ready: bool = False
-    key: str = field(init=False)
-    # (name, datatype, dtype, spec shape) per input, in manifest order.
-    checks: tuple[tuple[str, str, np.dtype[Any], tuple[int, ...]], ...] = field(init=False)
-    output_names: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.key = f"{self.manifest.name}:{self.manifest.version}"
-        self.checks = tuple((t.name, t.datatype, numpy_dtype(t.datatype), t.shape) for t in self.manifest.inputs)
-        self.output_names = tuple(t.name for t in self.manifest.outputs)
-
-    @property
-    def name(self) -> str:
-        """Model name."""
-        return self.manifest.name
-
-    @property
-    def version(self) -> str:
-        """Model version."""
-        return self.manifest.version
-
-    def validate(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> int:
-        """Check inputs strictly against the metadata; returns the request's row count."""
-        batching = self.max_batch_size > 0
-        rows = -1
-        for name, datatype, dtype, spec in self.checks:
-            array = inputs.get(name)
-            if array is None:
-                raise InvalidInput(f"missing input {name!r} for model {self.key!r}")
-            if array.dtype != dtype:
-                raise InvalidInput(f"input {name!r}: datatype mismatch, model expects {datatype}")
-            shape = array.shape
-            if len(shape) != len(spec) or any(s not in (-1, a) for s, a in zip(spec, shape, strict=True)):
-                raise InvalidInput(f"input {name!r}: shape {list(shape)} does not match model shape {list(spec)}")
-            if batching:
-                if rows == -1:
-                    rows = shape[0]
-                elif shape[0] != rows:
-                    raise InvalidInput(f"input {name!r}: batch size {shape[0]} differs from other inputs ({rows})")
-        if len(inputs) != len(self.checks):
-            extra = sorted(set(inputs) - {c[0] for c in self.checks})
-            raise InvalidInput(f"unexpected input(s) {extra} for model {self.key!r}")
-        if not batching:
-            return 1
-        if rows < 1 or rows > self.max_batch_size:
-            raise InvalidInput(f"batch size {rows} is outside 1..{self.max_batch_size} for model {self.key!r}")
-        return rows
-
-    def metadata(self, name: str, versions: list[str]) -> dict[str, Any]:
-        """V2 model metadata under a V2 model (pipeline) name."""
-        return {
-            "name": name,
-            "versions": versions,
-            "platform": self.runtime.info.platform,
-            "inputs": [_tensor_meta(t) for t in self.manifest.inputs],
-            "outputs": [_tensor_meta(t) for t in self.manifest.outputs],
-        }
-
-
 @dataclass(frozen=True, slots=True)
-class Route:
+class Target:
     """A resolved V2 model name: the pipeline it names and the model version that serves the request."""
 
     pipeline: PipelineSpec
@@ -125,20 +57,24 @@ def _zeros(spec: TensorSpec, rows: int | None) -> np.ndarray[Any, Any]:
 
 
 class ServingCore:
-    """Loaded models and pipelines behind one batcher per accelerator; the one place requests are served."""
+    """Loaded models and pipelines behind one scheduler per accelerator; the one place requests are served."""
 
-    def __init__(
-        self, config: AgentConfig, *, observer: BatchObserver | None = None, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, config: AgentConfig, *, metrics: Metrics | None = None) -> None:
         self.config = config
-        self._observer = observer
         self._metrics = metrics
-        self._models: dict[str, dict[str, LoadedModel]] = {}
-        self._active: dict[str, str] = {}
+        self._observer: BatchObserver | None = None
+        if metrics is not None:
+            observe_batch = metrics.observe_batch
+
+            def observer(key: QueueKey, rows: int, seconds: float) -> None:
+                observe_batch(str(key), rows, seconds)
+
+            self._observer = observer
+        self._registry = ModelRegistry()
         self._pipelines: dict[str, PipelineSpec] = {}
-        self._batcher: Batcher | None = None
+        self._scheduler: PriorityScheduler | None = None
         self._admission: Admission | None = None
-        # The one per-pipeline stats sink: telemetry (fleet wiring) reads the same instance.
+        # The one per-pipeline stats sink: fleet telemetry reads the same instance.
         self.stats = PipelineStats()
         # Standalone (the cloud-pool mode) never offloads; otherwise pools can be set at runtime.
         self.router: OffloadRouter | None = (
@@ -147,11 +83,11 @@ class ServingCore:
         self.started = False
 
     @property
-    def batcher(self) -> Batcher:
-        """The accelerator's batcher (after start)."""
-        if self._batcher is None:
+    def scheduler(self) -> PriorityScheduler:
+        """The accelerator's scheduler (after start)."""
+        if self._scheduler is None:
             raise Unavailable("the serving core is not started")
-        return self._batcher
+        return self._scheduler
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -159,7 +95,7 @@ class ServingCore:
         """Load and warm up every package, then build the pipelines; `active` maps model -> version."""
         sched = self.config.scheduler
         limits = sched.queue_limits
-        self._batcher = Batcher(
+        self._scheduler = PriorityScheduler(
             "cpu",
             depth=self.config.batching.pipeline_depth,
             observer=self._observer,
@@ -169,13 +105,12 @@ class ServingCore:
             safety_max_wait_s=sched.safety_max_wait_ms / 1000.0,
             safety_window_s=sched.safety_window_ms / 1000.0,
         )
-        self._admission = Admission(self._batcher, self.router, margin_s=sched.admission_margin_ms / 1000.0)
+        self._admission = Admission(self._scheduler, self.router, margin_s=sched.admission_margin_ms / 1000.0)
         if self.router is not None:
             await self.router.start()
         for pkg in packages:
             await self.load(pkg)
-        for name, versions in self._models.items():
-            self._active[name] = active.get(name) or max(versions, key=version_key)
+        self._registry.activate_defaults(active)
         self._pipelines = self._build_pipelines()
         self._register_stats()
         self.started = True
@@ -194,39 +129,37 @@ class ServingCore:
         runtime = create_runtime(pkg.path, manifest, self.config.runtime)
         await runtime.load()
         model = LoadedModel(manifest=manifest, runtime=runtime, max_batch_size=max_batch)
-        self.batcher.add_queue(
+        self.scheduler.add_queue(
             model.key, runtime.run, tuple(t.name for t in manifest.inputs), max_batch, delay_ms / 1000.0
         )
-        self._models.setdefault(manifest.name, {})[manifest.version] = model
+        self._registry.add(model)
         await self._warm_up(model)
         model.ready = True
         if self.started and self.config.expose_models and manifest.name not in self._pipelines:
-            self._active.setdefault(manifest.name, manifest.version)
+            self._registry.set_default(manifest.name, manifest.version)
             self._pipelines[manifest.name] = self._exposed(manifest.name)
-        logger.info("model %s ready on %s", model.key, runtime.info.provider)
+        logger.info("model %s ready on %s", model.label, runtime.info.provider)
         return model
 
     async def _warm_up(self, model: LoadedModel) -> None:
         batching = model.max_batch_size > 0
         for rows in sorted({1, model.max_batch_size}) if batching else [1]:
             inputs = {t.name: _zeros(t, rows if batching else None) for t in model.manifest.inputs}
-            await self.batcher.submit(model.key, inputs, rows)
+            await self.scheduler.submit(model.key, inputs, rows)
 
     def activate(self, name: str, version: str) -> None:
-        """Route new requests for `name` to a loaded `version`; in-flight ones finish where they are."""
-        if version not in self._models.get(name, {}):
-            raise NotFound(f"model {name!r} version {version!r} is not loaded")
-        self._active[name] = version
+        """Send new requests for `name` to a loaded `version`; in-flight ones finish where they are."""
+        self._registry.activate(name, version)
 
     async def unload(self, name: str, version: str) -> None:
-        """Stop routing to a version, let its queue drain, and release its runtime; never the active one."""
-        if self._active.get(name) == version:
+        """Stop serving a version, let its queue drain, and release its runtime; never the active one."""
+        if self._registry.active_version(name) == version:
             raise Unavailable(f"model {name!r} version {version!r} is active: activate another one first")
-        model = self._models.get(name, {}).pop(version, None)
+        model = self._registry.remove(name, version)
         if model is None:
             raise NotFound(f"model {name!r} version {version!r} is not loaded")
         model.ready = False
-        await self.batcher.remove_queue(model.key)
+        await self.scheduler.remove_queue(model.key)
         await model.runtime.unload()
 
     async def aclose(self) -> None:
@@ -234,20 +167,16 @@ class ServingCore:
         self.started = False
         if self.router is not None:
             await self.router.aclose()
-        if self._batcher is not None:
-            await self._batcher.drain()
-            await self._batcher.aclose()
-        for versions in self._models.values():
-            for model in versions.values():
-                model.ready = False
-                await model.runtime.unload()
+        if self._scheduler is not None:
+            await self._scheduler.drain()
+            await self._scheduler.aclose()
+        for model in self._registry.all():
+            model.ready = False
+            await model.runtime.unload()
 
     def _depth_of(self, model: str) -> Callable[[], int]:
-        prefix = f"{model}:"
-
         def depth() -> int:
-            rows = self.batcher.queue_rows()
-            return sum(n for key, n in rows.items() if key.startswith(prefix))
+            return sum(n for key, n in self.scheduler.queue_rows().items() if key.model == model)
 
         return depth
 
@@ -258,12 +187,12 @@ class ServingCore:
         NotFound, or, when `problems` is given, is skipped and described there."""
         pipelines: dict[str, PipelineSpec] = {}
         if self.config.expose_models:
-            for name in self._models:
+            for name in self._registry.names():
                 pipelines[name] = self._exposed(name)
         for spec in self.config.pipelines if specs is None else specs:
-            versions = self._models.get(spec.model)
+            versions = self._registry.versions(spec.model)
             problem = None
-            if versions is None:
+            if not self._registry.installed(spec.model):
                 problem = f"pipeline {spec.name!r}: model {spec.model!r} is not installed"
             elif spec.version is not None and spec.version not in versions:
                 problem = f"pipeline {spec.name!r}: model {spec.model!r} has no version {spec.version!r}"
@@ -292,8 +221,8 @@ class ServingCore:
     def set_pipelines(self, specs: Sequence[PipelineSpec]) -> list[str]:
         """Replace the served pipelines (from the hub's desired state); empty = back to the agent's config.
 
-        Takes effect for the next request routed; in-flight requests finish under the pipeline they were
-        routed with. Specs naming a model or version that is not loaded are skipped; their problems are
+        Takes effect for the next request resolved; in-flight requests finish under the pipeline they were
+        resolved with. Specs naming a model or version that is not loaded are skipped; their problems are
         returned so the caller can report them.
         """
         problems: list[str] = []
@@ -313,51 +242,53 @@ class ServingCore:
 
     def models(self) -> dict[str, dict[str, LoadedModel]]:
         """Loaded models: name -> version -> model."""
-        return {name: dict(versions) for name, versions in self._models.items()}
+        return self._registry.snapshot()
 
     def active_version(self, name: str) -> str | None:
         """The version new requests for model `name` go to."""
-        return self._active.get(name)
+        return self._registry.active_version(name)
 
-    def route(self, name: str, version: str | None = None) -> Route:
+    def queue_rows(self) -> dict[QueueKey, int]:
+        """Rows waiting per model version (empty before start)."""
+        return self.scheduler.queue_rows() if self.started else {}
+
+    def resolve(self, name: str, version: str | None = None) -> Target:
         """Resolve a V2 model name (and optional version) to its pipeline and model; NotFound otherwise."""
         spec = self._pipelines.get(name)
         if spec is None:
             raise NotFound(f"unknown model {name!r}")
-        versions = self._models.get(spec.model, {})
+        versions = self._registry.versions(spec.model)
         if version is None or version == "":
-            version = spec.version or self._active.get(spec.model)
+            version = spec.version or self._registry.active_version(spec.model)
         elif spec.version is not None and version != spec.version:
             raise NotFound(f"model {name!r} serves only version {spec.version!r}, not {version!r}")
         model = versions.get(version) if version is not None else None
         if model is None:
             raise NotFound(f"model {name!r} has no version {version!r}")
-        return Route(spec, model)
+        return Target(spec, model)
 
-    def shed(self, route: Route) -> None:
+    def shed(self, target: Target) -> None:
         """Pre-admission before the body is read: Rejected (503) if the request cannot run locally in time
         and no pool can take it, whatever its body says; counted as rejected like any other refusal."""
         admission = self._admission
-        if admission is None or not route.model.ready:
+        if admission is None or not target.model.ready:
             return  # the full path reports these
-        pipeline = route.pipeline
-        rejected = admission.shed(pipeline, route.model.key, self.batcher.now() + pipeline.deadline_ms / 1000.0)
+        pipeline = target.pipeline
+        rejected = admission.shed(pipeline, target.model.key, self.scheduler.now() + pipeline.deadline_ms / 1000.0)
         if rejected is None:
             return
-        self.stats.record(pipeline.name, "rejected", 0.0, False)
-        if self._metrics is not None:
-            self._metrics.observe_route(pipeline.name, "rejected")
+        self._count(pipeline.name, "rejected", 0.0, False)
         raise rejected
 
-    def versions(self, route: Route) -> list[str]:
+    def versions(self, target: Target) -> list[str]:
         """Versions a V2 model name can be called with."""
-        if route.pipeline.version is not None:
-            return [route.pipeline.version]
-        return sorted(self._models.get(route.pipeline.model, {}), key=version_key)
+        if target.pipeline.version is not None:
+            return [target.pipeline.version]
+        return sorted(self._registry.versions(target.pipeline.model), key=version_key)
 
-    def model_metadata(self, route: Route) -> dict[str, Any]:
-        """V2 model metadata of a route."""
-        return route.model.metadata(route.pipeline.name, self.versions(route))
+    def model_metadata(self, target: Target) -> dict[str, Any]:
+        """V2 model metadata of a resolved name."""
+        return target.model.metadata(target.pipeline.name, self.versions(target))
 
     def server_metadata(self) -> dict[str, Any]:
         """V2 server metadata."""
@@ -369,33 +300,31 @@ class ServingCore:
         A version being prepared by a rollout (loaded, not yet active) does not make the server unready:
         the active version keeps serving while the new one warms up.
         """
-        if not self.started:
-            return False
-        for name, versions in self._models.items():
-            active = self._active.get(name)
-            model = versions.get(active) if active is not None else None
-            if model is None or not model.ready:
-                return False
-        return True
+        return self.started and self._registry.active_ready()
 
     # --- inference -------------------------------------------------------------------------------
 
+    def _count(self, pipeline: str, outcome: Outcome, latency_s: float, ok: bool) -> None:
+        self.stats.record(pipeline, outcome, latency_s, ok)
+        if self._metrics is not None:
+            self._metrics.observe_outcome(pipeline, outcome)
+
     async def infer(
         self,
-        route: Route,
+        target: Target,
         inputs: Mapping[str, np.ndarray[Any, Any]],
         requested: Sequence[str] | None = None,
         *,
         priority: int = 0,
         timeout_us: int | None = None,
     ) -> Tensors:
-        """Serve one request; returns the requested outputs (see `infer_routed`)."""
-        served = await self.infer_routed(route, inputs, requested, priority=priority, timeout_us=timeout_us)
+        """Serve one request; returns the requested outputs (see `serve`)."""
+        served = await self.serve(target, inputs, requested, priority=priority, timeout_us=timeout_us)
         return served.outputs
 
-    async def infer_routed(
+    async def serve(
         self,
-        route: Route,
+        target: Target,
         inputs: Mapping[str, np.ndarray[Any, Any]],
         requested: Sequence[str] | None = None,
         *,
@@ -407,14 +336,14 @@ class ServingCore:
         `priority` is Triton's request level (0 = default, 1 = highest; it may lower the pipeline's class,
         never raise it) and `timeout_us` its timeout (shortens the pipeline's deadline).
         """
-        pipeline = route.pipeline
-        start = self.batcher.now()
-        where: StatsRoute = "rejected"
+        pipeline = target.pipeline
+        start = self.scheduler.now()
+        outcome: Outcome = "rejected"
         ok = False
         try:
-            model = route.model
+            model = target.model
             if not model.ready:
-                raise Unavailable(f"model {model.key!r} is not ready")
+                raise Unavailable(f"model {model.label!r} is not ready")
             rows = model.validate(inputs)
             if requested is not None:
                 unknown = [n for n in requested if n not in model.output_names]
@@ -426,24 +355,21 @@ class ServingCore:
             served = await admission.run(
                 pipeline,
                 model.key,
-                model.version,
                 inputs,
                 rows,
                 requested=requested,
                 rank=effective_rank(pipeline.priority, priority),
                 deadline=start + budget_s(pipeline.deadline_ms, timeout_us),
             )
-            where, ok = served.route, True
+            outcome, ok = served.where, True
         except Expired:
-            where = "expired"
+            outcome = "expired"
             raise
         except InferenceFailed:
-            where = "local"
+            outcome = "local"
             raise
         finally:
-            self.stats.record(pipeline.name, where, self.batcher.now() - start, ok)
-            if self._metrics is not None:
-                self._metrics.observe_route(pipeline.name, where)
-        if requested is None or served.route == "cloud":
+            self._count(pipeline.name, outcome, self.scheduler.now() - start, ok)
+        if requested is None or served.where == "cloud":
             return served
-        return Served({n: served.outputs[n] for n in requested}, served.route, served.pool)
+        return Served({n: served.outputs[n] for n in requested}, served.where, served.pool)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from edge_agent.fleet.stats import PipelineStats
+from edge_agent.serving.stats import PipelineStats
 
 
 def test_snapshot_counts_routes_errors_and_quantiles() -> None:

@@ -1,0 +1,254 @@
+"""Assembles `edge-agent serve`: metrics, the serving core, the HTTP app and, on a fleet device, the fleet
+service (MQTT link + telemetry) and the reconciler, as owned background services; runs and stops them.
+
+This is the one module that wires the agent's parts together: http, fleet and reconcile never look each other
+up. The services live in the aiohttp app's cleanup_ctx, in order: the serving core first (models load in an
+owned task while HTTP answers live/not-ready), then the fleet side, which is stopped before the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from edge_agent.config import AgentConfig, FleetConfig
+from edge_agent.fleet.identity import DeviceIdentity, client_ssl_context
+from edge_agent.fleet.link_metrics import LinkCollector
+from edge_agent.fleet.service import FleetService
+from edge_agent.http.app import make_app
+from edge_agent.metrics import Metrics
+from edge_agent.reconcile.activate import Activator
+from edge_agent.reconcile.download import Downloader
+from edge_agent.reconcile.policy import PolicyGate
+from edge_agent.reconcile.reconciler import Reconciler
+from edge_agent.reconcile.reporter import Reporter
+from edge_agent.reconcile.state import ReconcileState
+from edge_agent.reconcile.verify import pinned_keys
+from edge_agent.serving.core import ServingCore
+from edge_agent.store import ModelStore, collect
+from protocols.messages import InstalledModel, PoolEndpoint
+
+__all__ = ["Agent", "build_reconciler", "safety_activity", "serve"]
+
+logger = logging.getLogger("edge_agent")
+log = logging.getLogger(__name__)
+
+STATE_SUBDIR = "reconcile"
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def safety_activity(core: ServingCore, metrics: Metrics) -> tuple[int, bool]:
+    """(requests answered so far on safety pipelines, whether a safety model has rows queued)."""
+    if not core.started:
+        return 0, False
+    pipelines = {n: p for n, p in core.pipelines().items() if p.priority == "safety"}
+    if not pipelines:
+        return 0, False
+    seen = 0
+    for family in metrics.requests.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("model") in pipelines:
+                seen += int(sample.value)
+    models = {p.model for p in pipelines.values()}
+    queued = any(rows > 0 for key, rows in core.queue_rows().items() if key.model in models)
+    return seen, queued
+
+
+def _pool_sink(core: ServingCore) -> Callable[[Sequence[PoolEndpoint]], None] | None:
+    """Desired pools to the offload router; an empty set means the pools of the local config."""
+    router = core.router
+    if router is None:
+        return None
+
+    def sink(pools: Sequence[PoolEndpoint]) -> None:
+        router.set_pools(pools or core.config.pools)
+
+    return sink
+
+
+def build_reconciler(
+    core: ServingCore,
+    metrics: Metrics,
+    service: FleetService,
+    *,
+    identity_dir: Path,
+    state_dir: Path,
+    ready: asyncio.Future[None],
+) -> Reconciler:
+    """A reconciler of `core`, subscribed to the service's desired state (blocking: reads files).
+
+    `ready` completes once the models of the local store are loaded: the reconciler acts only after that.
+    """
+    identity = DeviceIdentity.load(identity_dir)
+    keys = pinned_keys(identity.signing_keys)
+    if not keys:
+        log.warning("the identity pins no model-signing key: every artifact will fail verification")
+    state = ReconcileState(state_dir / STATE_SUBDIR)
+    ssl_context = client_ssl_context(identity.cafile, identity.certfile, identity.keyfile)
+    link = service.link
+    reconciler = Reconciler(
+        state=state,
+        activator=Activator(core, ModelStore(state_dir / "models"), keys),
+        downloader=Downloader(state.downloads, ssl_context),
+        keys=keys,
+        reporter=Reporter(link, link.topics, identity.device_id),
+        gate=PolicyGate(lambda: safety_activity(core, metrics)),
+        ready=ready,
+        pools=_pool_sink(core),
+    )
+    reconciler.open()
+    link.on_desired(reconciler.on_desired)
+    return reconciler
+
+
+class Agent:
+    """One agent: its metrics, serving core and HTTP app, plus the fleet service and reconciler when the config
+    has `[fleet]` and is not standalone. Running the HTTP app (`serve`, or a test client) runs them all.
+
+    Raises ConfigError when http.token_file is set but unusable.
+    """
+
+    def __init__(self, config: AgentConfig, *, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.core = ServingCore(config, metrics=self.metrics)
+        self.http = make_app(self.core, self.metrics, config.http)
+        self.metrics.watch(self._queue_rows, self._model_ready)
+        self.fleet: FleetService | None = None
+        self.reconciler: Reconciler | None = None
+        self._startup: asyncio.Task[None] | None = None
+        self.http.cleanup_ctx.append(self._serving_ctx)
+        fleet, state_dir = config.fleet, config.state_dir
+        if fleet is not None and not config.standalone and state_dir is not None:
+            self.http.cleanup_ctx.append(lambda _app: self._fleet_ctx(fleet, state_dir))
+
+    @property
+    def startup(self) -> asyncio.Task[None]:
+        """Loading the models (exists once the HTTP app started): done when loaded, or failed with why."""
+        if self._startup is None:
+            raise RuntimeError("the agent has not started: run its HTTP app first")
+        return self._startup
+
+    # --- what the metrics and the fleet read from the core ---------------------------------------
+
+    def _queue_rows(self) -> dict[str, int]:
+        return {str(key): rows for key, rows in self.core.queue_rows().items()}
+
+    def _model_ready(self) -> dict[str, bool]:
+        return {m.label: m.ready for versions in self.core.models().values() for m in versions.values()}
+
+    def _installed(self) -> list[InstalledModel]:
+        core = self.core
+        return [
+            InstalledModel(name=name, version=version, active=core.active_version(name) == version)
+            for name, versions in core.models().items()
+            for version in versions
+        ]
+
+    def _pipelines(self) -> list[str]:
+        return sorted(self.core.pipelines())
+
+    # --- the owned services ----------------------------------------------------------------------
+
+    async def _load(self) -> None:
+        packages, active = await asyncio.to_thread(collect, self.config)
+        await self.core.start(packages, active)
+
+    async def _serving_ctx(self, _app: web.Application) -> AsyncIterator[None]:
+        """Load models in an owned task (HTTP answers live/not-ready meanwhile); unload on shutdown."""
+        task = asyncio.create_task(self._load(), name="edge-agent-startup")
+        self._startup = task
+        yield
+        if not task.done():
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            log.error("startup had failed: %s", exc)
+        await self.core.aclose()
+
+    async def _fleet_ctx(self, fleet: FleetConfig, state_dir: Path) -> AsyncIterator[None]:
+        """The fleet link, telemetry and reconciler for the app's lifetime; serving never depends on them."""
+        # Identity files and the hardware probe are read off the event loop; a missing identity is
+        # logged and serving carries on without the fleet link (serving never depends on the broker).
+        try:
+            service = await asyncio.to_thread(
+                FleetService.from_config,
+                fleet,
+                state_dir,
+                stats=self.core.stats,
+                models=self._installed,
+                pipelines=self._pipelines,
+            )
+        except Exception:
+            log.exception("fleet link disabled: cannot start it")
+            yield
+            return
+        # The reconciler subscribes to desired state before the link starts, so no retained message is missed.
+        reconciler = await asyncio.to_thread(
+            build_reconciler,
+            self.core,
+            self.metrics,
+            service,
+            identity_dir=fleet.identity_dir,
+            state_dir=state_dir,
+            ready=self.startup,
+        )
+        self.fleet, self.reconciler = service, reconciler
+        self.metrics.registry.register(LinkCollector(service.link, lambda: reconciler.stale_revisions))
+        await service.start()
+        await reconciler.start()
+        try:
+            yield
+        finally:
+            await reconciler.aclose()
+            await service.aclose()
+
+
+def _bound_port(site: web.TCPSite) -> int | None:
+    server = getattr(site, "_server", None)
+    for sock in getattr(server, "sockets", None) or []:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            return int(sock.getsockname()[1])
+    return None
+
+
+async def serve(config: AgentConfig) -> int:
+    """Run the agent on its HTTP port until SIGTERM/SIGINT; the exit status (1 if the models failed to load)."""
+    agent = Agent(config)
+    runner = web.AppRunner(agent.http, access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, config.http.host, config.http.port, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await site.start()
+        startup = agent.startup
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({startup, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if startup.done():
+            if startup.exception() is not None:
+                print(f"edge-agent: start failed: {startup.exception()}", file=sys.stderr, flush=True)
+                return 1
+            port = _bound_port(site) or config.http.port
+            ready = agent.core.ready()
+            print(f"edge-agent ready on http://{config.http.host}:{port}", flush=True)
+            logger.info("ready=%s", ready)
+            await stopping
+        else:
+            startup.cancel()
+        logger.info("shutting down: finishing in-flight requests")
+        return 0
+    finally:
+        await runner.cleanup()
