@@ -26,8 +26,7 @@ from rollout_support import Agent, Rig, until  # noqa: F401  # until: re-exporte
 from deploy.local import stack
 from deploy.local.broker import require_mosquitto, start_broker
 from deploy.local.procs import Child, accepting
-from deploy.local.stack import Pipeline as Pipe
-from deploy.local.stack import agent_toml
+from deploy.local.stack import Pipeline, agent_toml
 from edge_agent.reconcile.faults import PAUSE_ENV
 from protocols.binary import HEADER_LENGTH, decode_response, encode_request
 
@@ -42,6 +41,8 @@ INPUT_SHAPE = (3, 64, 64)
 SAFETY_DEADLINE_MS = 300
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
+
+Pipe = Pipeline  # a pipeline of a fault-suite agent
 
 SAFETY = Pipe("collision", "safety", SAFETY_DEADLINE_MS)
 STANDARD = Pipe("detect", "standard", 2000)

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from fault_support import SAFETY, SAFETY_DEADLINE_MS, Pipe, References, Traffic, agent_toml, failures, p99
+from fault_support import SAFETY, SAFETY_DEADLINE_MS, Pipe, References, Traffic, failures, p99
 
 from deploy.local import stack
 from deploy.local.procs import HOST, Child, Supervisor, free_port
+from deploy.local.stack import agent_toml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

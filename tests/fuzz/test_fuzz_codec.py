@@ -6,7 +6,7 @@ import contextlib
 import json
 
 import pytest
-from fuzz_strategies import v2_bodies
+from fuzz_support import v2_bodies
 from fuzz_targets import RAW_INPUTS, bounded_memory, codec_request, codec_response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from fuzz_strategies import json_data, json_scalars
+from fuzz_support import json_data, json_scalars
 from fuzz_targets import DEVICE, TOPICS, AgentDispatch, HubDispatch, messages, topic_parse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
