@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from fleet_support import HubWatcher, Received, link_settings, make_link
 from rig import Mosquitto, TestPKI
-from test_fleet_support import HubWatcher, Received, link_settings, make_link
 
 from edge_agent.fleet.errors import AuthenticationFailed, LinkDown, PublishFailed
 from edge_agent.fleet.mqtt_link import DeviceLink

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
+from fleet_support import HARDWARE, HubWatcher, fake_probe_root, link_settings
 from rig import MosquittoFactory, TestPKI
-from test_fleet_support import HARDWARE, HubWatcher, fake_probe_root, link_settings
 
 from edge_agent.fleet.device_load import ProbeLoadSource
 from edge_agent.fleet.mqtt_link import DeviceLink

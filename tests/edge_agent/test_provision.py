@@ -19,8 +19,8 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from fleet_support import HARDWARE, birth_factory
 from rig import Mosquitto, TestPKI
-from test_fleet_support import HARDWARE, birth_factory
 
 from edge_agent.fleet.errors import ProvisionError
 from edge_agent.fleet.identity import DeviceIdentity

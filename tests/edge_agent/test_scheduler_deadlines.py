@@ -7,8 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from scheduler_support import FakeClock, qk
-from test_scheduler_priority import BEST_EFFORT, SAFETY, STANDARD, FixedTimes, Runner, rows, settle
+from scheduler_support import BEST_EFFORT, SAFETY, STANDARD, FakeClock, FixedTimes, Runner, qk, rows, settle
 
 from edge_agent.http.errors import error_response
 from edge_agent.scheduler import Expired, PriorityScheduler, ServiceTimes
