@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sec_support import HubApi
 
 from cloud_hub.hub import Hub
-from edge_agent.http import STARTUP_KEY, make_app
+from edge_agent.app import Agent
 from edge_agent.reconcile.download import Downloader
 from edge_agent.reconcile.errors import DownloadError
 from models.zoo import ZOO_PUBLIC_KEY_FILE, zoo_package_path
@@ -93,9 +93,10 @@ _AGENT_TARGETS = [
 
 
 async def test_agent_v2_paths_with_traversal_are_refused(aiohttp_client: Any) -> None:
-    app = make_app(standalone_config())
+    agent = Agent(standalone_config())
+    app = agent.http
     client = await aiohttp_client(app)
-    await app[STARTUP_KEY]
+    await agent.startup
     passwd = Path("/etc/passwd").read_bytes()[:32]
     body = b'{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[' + b",".join([b"0"] * 64) + b"]}]}"
     for method, target in _AGENT_TARGETS:
