@@ -135,8 +135,8 @@ def role_raw(port: int, warm: int, expect: int) -> None:
 
 
 async def _role_link(port: int, warm: int, expect: int) -> None:
-    """The hub's own MQTT link (cloud_hub.ingest.mqtt) with a handler that only counts: its receive ceiling."""
-    from cloud_hub.ingest.mqtt import BrokerUrl, MqttLink
+    """The hub's own MQTT link (cloud_hub.broker) with a handler that only counts: its receive ceiling."""
+    from cloud_hub.broker import BrokerLink, BrokerUrl
 
     state = {"count": 0, "last": 0.0, "cpu": 0.0}
     done = asyncio.Event()
@@ -151,7 +151,7 @@ async def _role_link(port: int, warm: int, expect: int) -> None:
             done.set()
 
     url = BrokerUrl("127.0.0.1", port, tls=False)
-    async with MqttLink(url, subscriptions=[(SHARED_TELEMETRY, 1)], on_message=on_message) as link:
+    async with BrokerLink(url, subscriptions=[(SHARED_TELEMETRY, 1)], on_message=on_message) as link:
         await link.wait_connected(10)
         print("ready", flush=True)
         await done.wait()
@@ -176,8 +176,8 @@ async def _role_hub(port: int, data_dir: str, db_url: str, warm: int, expect: in
     """One hub replica; `expect` 0 means "until 1 s without new messages" (replicas do not know their share)."""
     import logging
 
+    from cloud_hub.app import Hub
     from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
 
     logging.basicConfig(level=logging.WARNING)
     # A clean session per round: the bench publishes at QoS 0 and joins the same $share group with its raw

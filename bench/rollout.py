@@ -188,7 +188,7 @@ async def _prepare(data_dir: Path, db_url: str, n: int) -> None:
 async def _role_hub(args: argparse.Namespace) -> None:
     import logging
 
-    from cloud_hub.api import serve_hub
+    from cloud_hub.app import serve_hub
     from cloud_hub.config import HubConfig
 
     logging.basicConfig(level=logging.WARNING)

@@ -1,12 +1,16 @@
-"""The hub's configuration (from `cloud-hub serve` flags)."""
+"""The hub's configuration: a TOML file (`cloud-hub serve --config hub.toml`), flags on top."""
 
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
+from cloud_hub.errors import ConfigError
 from protocols.topics import DEFAULT_PREFIX
 
 DEFAULT_DATA_DIR = Path(os.environ.get("EDGEFLEET_HUB_DATA_DIR", "~/.local/share/edgefleet/hub")).expanduser()
@@ -79,3 +83,28 @@ class HubConfig(BaseModel):
         host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host  # noqa: S104  # not binding
         host = f"[{host}]" if ":" in host else host
         return f"https://{host}:{bound_port or self.port}"
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> HubConfig:
+    """HubConfig from a TOML file (every field settable, unknown keys refused), then `overrides` on top.
+
+    Relative `data_dir` and `broker_cafile` in the file are relative to the file. `overrides` (the flags
+    given on the command line) win over the file; ConfigError names the file and every problem."""
+    data: dict[str, Any] = {}
+    where = "the command line"
+    if path is not None:
+        where = f"config {str(path)!r}"
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {str(path)!r} is not valid TOML: {exc}") from exc
+        for key in ("data_dir", "broker_cafile"):
+            if isinstance(data.get(key), str):
+                data[key] = path.parent / Path(data[key]).expanduser()
+    try:
+        return HubConfig.model_validate({**data, **(overrides or {})})
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{where} is invalid: {reasons}") from exc

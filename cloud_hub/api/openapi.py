@@ -11,110 +11,31 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+from cloud_hub.api.openapi_parts import (
+    REF,
+    AbortBody,
+    ClaimCreate,
+    ErrorBody,
+    PublisherTrust,
+    array,
+    errors,
+    json_body,
+    json_of,
+    obj,
+    op,
+    path_param,
+    record_schema,
+    ref,
+)
 from cloud_hub.rollouts.model import RolloutSpec, TargetDevice
 from cloud_hub.store.records import ClaimRecord, DeviceRecord
-from protocols.messages import DesiredState, Labels, ProvisionRequest, ProvisionResponse
+from protocols.messages import DesiredState, ProvisionRequest, ProvisionResponse
 
 __all__ = ["OPENAPI_PATH", "openapi_document"]
 
 OPENAPI_PATH = "/api/v1/openapi.json"
-_REF = "#/components/schemas/{model}"
-_ERRORS = {
-    400: "Invalid request (body, query or path).",
-    401: "Missing or unknown operator token.",
-    403: "Credential valid but not allowed (revoked device, used-up claim, not a device certificate).",
-    404: "No such resource.",
-    409: "Conflicts with the current state.",
-    413: "Body larger than the limit.",
-}
-
-
-class ErrorBody(BaseModel):
-    """Every error: `{"error": "..."}`."""
-
-    model_config = ConfigDict(extra="forbid")
-    error: str = Field(description="What went wrong.")
-
-
-class ClaimCreate(BaseModel):
-    """POST /api/v1/claims."""
-
-    model_config = ConfigDict(extra="allow")
-    labels: Labels = Field(default_factory=dict, description="Labels given to devices of this claim.")
-    uses: int = Field(default=1, description="How many devices may provision with the token.")
-    expires_in_s: float = Field(default=7 * 86_400, description="Seconds until the token expires.")
-
-
-class PublisherTrust(BaseModel):
-    """POST /api/v1/publishers."""
-
-    public_key_pem: str = Field(description="Ed25519 public key (PEM) whose signed packages are admitted.")
-
-
-class AbortBody(BaseModel):
-    """POST /api/v1/rollouts/{rollout_id}/abort."""
-
-    rollback: bool = Field(default=False, description="Set the touched devices back to their previous version.")
-
-
-def _record(cls: type[Any]) -> dict[str, Any]:
-    """JSON schema of a record dataclass (fields required, no others)."""
-    schema: dict[str, Any] = TypeAdapter(cls).json_schema(mode="serialization", ref_template=_REF)
-    schema.pop("title", None)
-    return {**schema, "additionalProperties": False}
-
-
-def _obj(properties: dict[str, Any], *, extra: bool = False) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": sorted(properties),
-        "additionalProperties": extra,
-    }
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": _REF.format(model=name)}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): _json(_ref("ErrorBody"), _ERRORS[c]) for c in codes}
-
-
-def _path(name: str, description: str, pattern: str | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string"}
-    if pattern is not None:
-        schema["pattern"] = pattern
-    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
-
-
-def _op(
-    summary: str,
-    responses: dict[str, Any],
-    *,
-    params: list[dict[str, Any]] | None = None,
-    body: dict[str, Any] | None = None,
-    security: list[dict[str, list[str]]] | None = None,
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": responses}
-    if params:
-        op["parameters"] = params
-    if body is not None:
-        op["requestBody"] = body
-    if security is not None:
-        op["security"] = security
-    return op
-
-
-def _json_body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
-    return {"required": required, "content": {"application/json": {"schema": schema}}}
 
 
 @functools.cache
@@ -125,14 +46,14 @@ def openapi_document() -> dict[str, Any]:
             (m, "validation" if m in (ProvisionRequest, RolloutSpec) else "serialization")
             for m in (ErrorBody, ProvisionRequest, ProvisionResponse, DesiredState, RolloutSpec)
         ],
-        ref_template=_REF,
+        ref_template=REF,
     )
     schemas: dict[str, Any] = defs.get("$defs", {})
-    claim, device = _record(ClaimRecord), _record(DeviceRecord)
-    target = _record(TargetDevice)
+    claim, device = record_schema(ClaimRecord), record_schema(DeviceRecord)
+    target = record_schema(TargetDevice)
     for name, cls in (("ClaimCreate", ClaimCreate), ("PublisherTrust", PublisherTrust), ("AbortBody", AbortBody)):
-        schemas[name] = cls.model_json_schema(mode="validation", ref_template=_REF)
-    model_summary = _obj(
+        schemas[name] = cls.model_json_schema(mode="validation", ref_template=REF)
+    model_summary = obj(
         {
             "name": {"type": "string"},
             "version": {"type": "string"},
@@ -153,12 +74,12 @@ def openapi_document() -> dict[str, Any]:
         },
         "required": sorted([*model_summary["required"], "manifest", "signature", "url"]),
     }
-    rollout = _obj(
+    rollout = obj(
         {
             "id": {"type": "string"},
             "model": {"type": "string"},
             "version": {"type": "string"},
-            "spec": _ref("RolloutSpec"),
+            "spec": ref("RolloutSpec"),
             "state": {"type": "string"},
             "wave": {"type": "integer"},
             "waves": {"type": "integer"},
@@ -196,56 +117,57 @@ def openapi_document() -> dict[str, Any]:
         "required": sorted([*device.get("required", []), "recent_telemetry"]),
     }
 
-    device_id = _path("device_id", "Device id (certificate CN).")
-    claim_id = _path("claim_id", "Claim id.")
-    rollout_id = _path("rollout_id", "Rollout id.")
+    device_id = path_param("device_id", "Device id (certificate CN).")
+    claim_id = path_param("claim_id", "Claim id.")
+    rollout_id = path_param("rollout_id", "Rollout id.")
     public: list[dict[str, list[str]]] = []
     pem = {"description": "PEM certificate.", "content": {"application/x-pem-file": {"schema": {"type": "string"}}}}
-    artifact_get = _op(
+    artifact_get = op(
         "Download a package tar (Range, If-Range, If-None-Match); a device certificate or the operator token.",
         {
             "200": {"description": "The whole tar.", "content": {"application/x-tar": {"schema": {}}}},
             "206": {"description": "One byte range.", "content": {"application/x-tar": {"schema": {}}}},
             "304": {"description": "Not modified (If-None-Match)."},
-            "416": _json(_ref("ErrorBody"), "Range not satisfiable."),
-            **_errors(401, 403, 404),
+            "416": json_of(ref("ErrorBody"), "Range not satisfiable."),
+            **errors(401, 403, 404),
         },
-        params=[_path("sha256", "sha256 of the tar.", "^[0-9a-f]{64}$")],
+        params=[path_param("sha256", "sha256 of the tar.", "^[0-9a-f]{64}$")],
         security=[{"operatorToken": []}, {"deviceCertificate": []}],
     )
     paths: dict[str, Any] = {
         "/healthz": {
-            "get": _op("Liveness.", {"200": _json(_obj({"status": {"const": "ok"}}), "Serving.")}, security=public)
+            "get": op("Liveness.", {"200": json_of(obj({"status": {"const": "ok"}}), "Serving.")}, security=public)
         },
         "/metrics": {
-            "get": _op(
+            "get": op(
                 "Prometheus metrics (unauthenticated, as scrapers expect; counts only).",
                 {"200": {"description": "Text exposition format.", "content": {"text/plain": {}}}},
                 security=public,
             )
         },
-        "/api/v1/ca": {"get": _op("The hub CA certificate.", {"200": pem}, security=public)},
-        "/api/v1/ca.pem": {"get": _op("The hub CA certificate.", {"200": pem}, security=public)},
+        "/api/v1/ca": {"get": op("The hub CA certificate.", {"200": pem}, security=public)},
+        "/api/v1/ca.pem": {"get": op("The hub CA certificate.", {"200": pem}, security=public)},
         OPENAPI_PATH: {
-            "get": _op("This document.", {"200": _json({"type": "object"}, "OpenAPI 3.1."), **_errors(401)})
+            "get": op("This document.", {"200": json_of({"type": "object"}, "OpenAPI 3.1."), **errors(401)})
         },
         "/api/v1/provision": {
-            "post": _op(
+            "post": op(
                 "Provision a device: the claim token is the credential; returns its certificate and trust anchors.",
-                {"200": _json(_ref("ProvisionResponse"), "Provisioned."), **_errors(400, 401, 403, 409, 413)},
-                body=_json_body(_ref("ProvisionRequest")),
+                {"200": json_of(ref("ProvisionResponse"), "Provisioned."), **errors(400, 401, 403, 409, 413)},
+                body=json_body(ref("ProvisionRequest")),
                 security=public,
             )
         },
         "/api/v1/claims": {
-            "get": _op(
-                "Every claim (never tokens).", {"200": _json(_obj({"claims": _arr(claim)}), "Claims."), **_errors(401)}
+            "get": op(
+                "Every claim (never tokens).",
+                {"200": json_of(obj({"claims": array(claim)}), "Claims."), **errors(401)},
             ),
-            "post": _op(
+            "post": op(
                 "Create a claim; the token is shown only in this answer.",
                 {
-                    "201": _json(
-                        _obj(
+                    "201": json_of(
+                        obj(
                             {
                                 "claim": claim,
                                 "token": {"type": "string"},
@@ -255,22 +177,22 @@ def openapi_document() -> dict[str, Any]:
                         ),
                         "Created.",
                     ),
-                    **_errors(400, 401, 413),
+                    **errors(400, 401, 413),
                 },
-                body=_json_body(_ref("ClaimCreate")),
+                body=json_body(ref("ClaimCreate")),
             ),
         },
         "/api/v1/claims/{claim_id}/revoke": {
-            "post": _op(
+            "post": op(
                 "Stop a claim from provisioning more devices.",
-                {"200": _json(_obj({"claim": claim}), "Revoked."), **_errors(401, 404)},
+                {"200": json_of(obj({"claim": claim}), "Revoked."), **errors(401, 404)},
                 params=[claim_id],
             )
         },
         "/api/v1/devices": {
-            "get": _op(
+            "get": op(
                 "Devices, filtered by labels.",
-                {"200": _json(_obj({"devices": _arr(device)}), "Devices."), **_errors(400, 401)},
+                {"200": json_of(obj({"devices": array(device)}), "Devices."), **errors(400, 401)},
                 params=[
                     {
                         "name": "label",
@@ -285,48 +207,48 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/api/v1/devices/{device_id}": {
-            "get": _op(
+            "get": op(
                 "One device with its recent telemetry.",
-                {"200": _json(_obj({"device": device_detail}), "The device."), **_errors(401, 404)},
+                {"200": json_of(obj({"device": device_detail}), "The device."), **errors(401, 404)},
                 params=[device_id],
             )
         },
         "/api/v1/devices/{device_id}/revoke": {
-            "post": _op(
+            "post": op(
                 "Revoke a device: ingest ignores it, its certificate goes on the CRL.",
-                {"200": _json(_obj({"device": device}), "Revoked."), **_errors(401, 404)},
+                {"200": json_of(obj({"device": device}), "Revoked."), **errors(401, 404)},
                 params=[device_id],
             )
         },
         "/api/v1/devices/{device_id}/desired": {
-            "get": _op(
+            "get": op(
                 "The latest desired state written for a device.",
-                {"200": _json(_obj({"desired": _ref("DesiredState")}), "Desired state."), **_errors(401, 404)},
+                {"200": json_of(obj({"desired": ref("DesiredState")}), "Desired state."), **errors(401, 404)},
                 params=[device_id],
             )
         },
         "/api/v1/devices/{device_id}/resync": {
-            "post": _op(
+            "post": op(
                 "Publish the latest desired state of a device again (retained).",
                 {
-                    "200": _json(_obj({"desired": _ref("DesiredState"), "published": {"type": "boolean"}}), "Sent."),
-                    **_errors(401, 404),
+                    "200": json_of(obj({"desired": ref("DesiredState"), "published": {"type": "boolean"}}), "Sent."),
+                    **errors(401, 404),
                 },
                 params=[device_id],
             )
         },
         "/api/v1/models": {
-            "get": _op(
+            "get": op(
                 "Every pushed model version.",
-                {"200": _json(_obj({"models": _arr(model_summary)}), "Models."), **_errors(401)},
+                {"200": json_of(obj({"models": array(model_summary)}), "Models."), **errors(401)},
                 params=[{"name": "name", "in": "query", "required": False, "schema": {"type": "string"}}],
             ),
-            "post": _op(
+            "post": op(
                 "Push a package tar (verified, re-signed by the hub).",
                 {
-                    "200": _json(_obj({"model": model_summary, "created": {"type": "boolean"}}), "Already there."),
-                    "201": _json(_obj({"model": model_summary, "created": {"type": "boolean"}}), "Stored."),
-                    **_errors(400, 401, 409, 413),
+                    "200": json_of(obj({"model": model_summary, "created": {"type": "boolean"}}), "Already there."),
+                    "201": json_of(obj({"model": model_summary, "created": {"type": "boolean"}}), "Stored."),
+                    **errors(400, 401, 409, 413),
                 },
                 params=[{"name": "allow_unsigned", "in": "query", "required": False, "schema": {"type": "string"}}],
                 body={
@@ -336,50 +258,50 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
         "/api/v1/models/{name}/{version}": {
-            "get": _op(
+            "get": op(
                 "One model version with its manifest, the hub signature and its artifact URL.",
-                {"200": _json(_obj({"model": model_full}), "The version."), **_errors(401, 404)},
-                params=[_path("name", "Model name."), _path("version", "Version.")],
+                {"200": json_of(obj({"model": model_full}), "The version."), **errors(401, 404)},
+                params=[path_param("name", "Model name."), path_param("version", "Version.")],
             )
         },
         "/api/v1/publishers": {
-            "get": _op(
+            "get": op(
                 "Keys a pushed package may be signed by.",
-                {"200": _json(_obj({"publishers": {"type": "array"}}), "Keys."), **_errors(401)},
+                {"200": json_of(obj({"publishers": {"type": "array"}}), "Keys."), **errors(401)},
             ),
-            "post": _op(
+            "post": op(
                 "Trust packages signed by an ed25519 key.",
-                {"201": _json(_obj({"key_id": {"type": "string"}}), "Trusted."), **_errors(400, 401, 413)},
-                body=_json_body(_ref("PublisherTrust")),
+                {"201": json_of(obj({"key_id": {"type": "string"}}), "Trusted."), **errors(400, 401, 413)},
+                body=json_body(ref("PublisherTrust")),
             ),
         },
         "/api/v1/artifacts/{sha256}.tar": {"get": artifact_get},
         "/api/v1/rollouts": {
-            "get": _op(
+            "get": op(
                 "Every rollout (summaries).",
-                {"200": _json(_obj({"rollouts": _arr(rollout)}), "Rollouts."), **_errors(401)},
+                {"200": json_of(obj({"rollouts": array(rollout)}), "Rollouts."), **errors(401)},
             ),
-            "post": _op(
+            "post": op(
                 "Start a rollout.",
-                {"201": _json(_obj({"rollout": rollout}), "Created."), **_errors(400, 401, 404, 409, 413)},
-                body=_json_body(_ref("RolloutSpec")),
+                {"201": json_of(obj({"rollout": rollout}), "Created."), **errors(400, 401, 404, 409, 413)},
+                body=json_body(ref("RolloutSpec")),
             ),
         },
         "/api/v1/rollouts/{rollout_id}": {
-            "get": _op(
+            "get": op(
                 "One rollout with per-wave and per-device progress.",
-                {"200": _json(_obj({"rollout": rollout_detail}), "The rollout."), **_errors(401, 404)},
+                {"200": json_of(obj({"rollout": rollout_detail}), "The rollout."), **errors(401, 404)},
                 params=[rollout_id],
             )
         },
     }
     for action in ("pause", "resume", "abort"):
         paths[f"/api/v1/rollouts/{{rollout_id}}/{action}"] = {
-            "post": _op(
+            "post": op(
                 f"{action.capitalize()} a rollout.",
-                {"200": _json(_obj({"rollout": rollout}), "Done."), **_errors(400, 401, 404, 409, 413)},
+                {"200": json_of(obj({"rollout": rollout}), "Done."), **errors(400, 401, 404, 409, 413)},
                 params=[rollout_id],
-                body=_json_body(_ref("AbortBody"), required=False) if action == "abort" else None,
+                body=json_body(ref("AbortBody"), required=False) if action == "abort" else None,
             )
         }
     return {
@@ -399,7 +321,3 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"operatorToken": []}],
     }
-
-
-def _arr(items: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "array", "items": items}

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from cloud_hub.cli import serve as serve_cli
 from cloud_hub.config import DEFAULT_DATA_DIR
 from cloud_hub.errors import HubError
 
 log = logging.getLogger("cloud_hub")
+
+
+class _DataDir(argparse.Action):
+    """Stores --data-dir and notes that it was given (`serve` then lets it override the config file)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.data_dir_given = True
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -26,28 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="cloud-hub", description="edgefleet cloud hub")
     parser.add_argument(
-        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="hub data dir (env EDGEFLEET_HUB_DATA_DIR)"
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        action=_DataDir,
+        help="hub data dir (env EDGEFLEET_HUB_DATA_DIR)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the hub (HTTPS API, provisioning, MQTT ingest)")
-    serve.add_argument(
-        "--db",
-        default=os.environ.get("EDGEFLEET_HUB_DB"),
-        help="database URL: sqlite:///PATH (default in the data dir) or postgresql://... "
-        "(env EDGEFLEET_HUB_DB: preferred, it keeps the password off the command line)",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="HTTPS bind address")
-    serve.add_argument("--port", type=int, default=8443, help="HTTPS port")
-    serve.add_argument("--public-url", help="https://host:port that devices use (default from --host/--port)")
-    serve.add_argument("--server-name", action="append", default=[], help="extra SAN for the HTTPS certificate")
-    serve.add_argument("--broker", action="append", default=[], help="broker to ingest from, mqtts://host:port")
-    serve.add_argument("--device-broker-url", help="broker URL given to devices (default the first --broker)")
-    serve.add_argument("--broker-ca", type=Path, help="CA of the brokers' server certificates (default hub CA)")
-    serve.add_argument("--prefix", default=None, help="MQTT topic prefix (default edgefleet/v1)")
-    serve.add_argument("--share-group", default=None, help="shared-subscription group of the replicas")
-    serve.add_argument("--telemetry-interval", type=float, default=None, help="report period for devices (s)")
+    serve_cli.add_parser(sub)
 
     claims = sub.add_parser("claims", help="provisioning claims").add_subparsers(dest="action", required=True)
     create = claims.add_parser("create", help="create a claim and print its join line")
@@ -95,9 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            from cloud_hub.cli.serve import run_serve
-
-            return run_serve(args)
+            return serve_cli.run_serve(args)
         from cloud_hub.cli.commands import run_command
 
         return run_command(args)

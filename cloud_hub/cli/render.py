@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cloud_hub.store.summary import decode_summary
+
 
 def when(ts: float | None) -> str:
     """A Unix time as a short local date-time, or '-'."""
@@ -42,9 +44,9 @@ def load(last_load: dict[str, Any] | None) -> str:
     parts = [f"cpu {dev.get('cpu_percent', 0):.0f}%"]
     if dev.get("gpu_util_percent") is not None:
         parts.append(f"gpu {dev['gpu_util_percent']:.0f}%")
-    for name, p in sorted(last_load.get("pipelines", {}).items()):
-        p99 = "-" if p.get("p99_ms") is None else f"{p['p99_ms']:.0f}ms"
-        parts.append(f"{name} {p.get('rps', 0):.1f}/s p99 {p99}")
+    for name, p in sorted(decode_summary(last_load.get("pipelines")).items()):
+        p99 = "-" if p.p99_ms is None else f"{p.p99_ms:.0f}ms"
+        parts.append(f"{name} {p.rps:.1f}/s p99 {p99}")
     return " ".join(parts)
 
 

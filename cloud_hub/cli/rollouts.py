@@ -12,8 +12,8 @@ from rich.live import Live
 from rich.table import Table
 
 from cloud_hub.cli import render
+from cloud_hub.cli.args import parse_duration, parse_labels
 from cloud_hub.cli.client import HubClient
-from cloud_hub.cli.commands import parse_duration, parse_labels
 from cloud_hub.errors import ConfigError
 
 FINAL = {"completed", "rolled_back", "aborted"}

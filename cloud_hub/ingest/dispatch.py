@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from pydantic import ValidationError
 
 from cloud_hub.fleet.live import LiveDevice, LiveFleet
 from cloud_hub.ingest.writer import BatchWriter
 from cloud_hub.metrics import HubMetrics
+from cloud_hub.store.summary import summarize
 from protocols.common import ProtocolError
 from protocols.messages import DEVICE_STATE, DeviceBirth, DeviceEvent, LoadReport, ReportedState
 from protocols.topics import Topics
@@ -34,25 +34,6 @@ class Dropped(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
-
-
-def pipeline_summary(report: LoadReport) -> dict[str, dict[str, Any]]:
-    """What the telemetry table keeps per pipeline: enough for rollout health gates."""
-    return {
-        p.name: {
-            "model": p.model,
-            "version": p.version,
-            "rps": p.requests_per_s,
-            "p50_ms": p.p50_ms,
-            "p99_ms": p.p99_ms,
-            "errors": p.errors,
-            "local": p.routes.local,
-            "cloud": p.routes.cloud,
-            "rejected": p.routes.rejected,
-            "expired": p.routes.expired,
-        }
-        for p in report.pipelines
-    }
 
 
 class Dispatcher:
@@ -134,7 +115,7 @@ class Dispatcher:
             return
         now = self.clock()
         live.boot_id, live.last_seq, live.last_seen, live.load = boot_id, seq, now, report
-        summary = pipeline_summary(report)
+        summary = summarize(report)
         self.writer.add_report((device_id, boot_id, seq, report.sent_at, now, summary))
         self.writer.note_load(device_id, report, now, summary)
         self.fleet.notify("telemetry", device_id, report)

@@ -1,4 +1,5 @@
-"""Ingest as one owned service: broker links, the dispatcher, the batch writer and registry refresh."""
+"""Ingest as one owned service: subscriptions on the hub's broker links, the dispatcher, the batch writer
+and registry refresh."""
 
 from __future__ import annotations
 
@@ -10,17 +11,14 @@ import os
 import secrets
 from pathlib import Path
 
-from prometheus_client import Gauge
-
+from cloud_hub.broker import BrokerLink, BrokerLinks
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import ConfigError
 from cloud_hub.fleet.devices import DeviceService
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.ingest.dispatch import Dispatcher
-from cloud_hub.ingest.mqtt import BrokerUrl, MqttLink
 from cloud_hub.ingest.writer import BatchWriter
 from cloud_hub.metrics import HubMetrics
-from cloud_hub.pki import HubIdentity
 from cloud_hub.store import Store, devices
 from models.atomic import write_atomic
 from protocols.topics import Topics
@@ -82,14 +80,14 @@ class IngestService:
         self,
         config: HubConfig,
         *,
-        identity: HubIdentity,
+        broker: BrokerLinks,
         store: Store,
         fleet: LiveFleet,
         device_service: DeviceService,
         metrics: HubMetrics,
     ) -> None:
         self.config = config
-        self.identity = identity
+        self.broker = broker
         self.fleet = fleet
         self.device_service = device_service
         self.metrics = metrics
@@ -102,7 +100,6 @@ class IngestService:
             retention_s=config.telemetry_retention_s,
         )
         self.dispatcher = Dispatcher(self.topics, fleet, self.writer, metrics, on_unknown=self._unknown)
-        self.links: list[MqttLink] = []
         self.client_id = ""
         self._id_lock: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -116,34 +113,25 @@ class IngestService:
         persistent = self.config.mqtt_session_expiry_s > 0
         self._tasks.append(asyncio.create_task(self.writer.run(), name="ingest-writer"))
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="registry-refresh"))
-        for url in self.config.brokers:
-            broker = BrokerUrl.parse(url)
-            ctx = self.identity.mqtt_ssl_context(self.config.broker_cafile) if broker.tls else None
-            gauge = self.metrics.broker_connected.labels(broker=str(broker))
+        await self.broker.start(
+            subscriptions=subscriptions(self.topics, self.config.share_group),
+            on_message=self.dispatcher.handle,
+            client_id=self.client_id,
+            session_expiry_s=self.config.mqtt_session_expiry_s if persistent else None,
+            manual_ack=True,
+            receive_maximum=self.config.mqtt_receive_maximum,
+            on_pending_ack=self.writer.wake,
+        )
+        self.writer.ack_sources.extend(link.take_acks for link in self.broker.links)
 
-            def connected(up: bool, gauge: Gauge = gauge) -> None:
-                gauge.set(1 if up else 0)
-
-            link = MqttLink(
-                broker,
-                subscriptions=subscriptions(self.topics, self.config.share_group),
-                on_message=self.dispatcher.handle,
-                ssl_context=ctx,
-                keepalive_s=self.config.mqtt_keepalive_s,
-                on_connected=connected,
-                client_id=self.client_id,
-                session_expiry_s=self.config.mqtt_session_expiry_s if persistent else None,
-                manual_ack=True,
-                receive_maximum=self.config.mqtt_receive_maximum,
-                on_pending_ack=self.writer.wake,
-            )
-            self.writer.ack_sources.append(link.take_acks)
-            self.links.append(await link.start())
+    @property
+    def links(self) -> list[BrokerLink]:
+        """The broker links ingest reads from (the hub's shared links)."""
+        return self.broker.links
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
         """Wait until every broker link is connected and subscribed."""
-        for link in self.links:
-            await link.wait_connected(timeout_s)
+        await self.broker.wait_connected(timeout_s)
 
     async def aclose(self) -> None:
         """Write what is buffered (acknowledging it), close the links, stop the tasks."""
@@ -151,8 +139,7 @@ class IngestService:
             await self.writer.drain()
         except Exception:
             log.exception("final ingest flush failed")
-        for link in self.links:
-            await link.aclose()
+        await self.broker.aclose()
         try:
             # What arrived meanwhile is written but not acknowledged: the broker sends it again (a duplicate
             # that the database's (device, boot, seq) key skips).

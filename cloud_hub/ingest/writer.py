@@ -12,12 +12,13 @@ import pydantic_core
 
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.store import Store, devices, telemetry
+from cloud_hub.store.summary import TelemetrySummary, encode_summary
 from protocols.messages import LoadReport
 
 log = logging.getLogger(__name__)
 
 # (device_id, boot_id, seq, sent_at, received_at, pipeline summary): one telemetry row before encoding.
-ReportRow = tuple[str, str, int, float, float, dict[str, Any]]
+ReportRow = tuple[str, str, int, float, float, TelemetrySummary]
 
 
 class BatchWriter:
@@ -51,13 +52,13 @@ class BatchWriter:
         self._updates: dict[str, dict[str, Any]] = {}
         # Latest report per device: turned into a devices-row update at most every `load_every_s`
         # (history is in the telemetry rows; the row only needs the newest figures).
-        self._loads: dict[str, tuple[LoadReport, float, dict[str, Any]]] = {}
+        self._loads: dict[str, tuple[LoadReport, float, TelemetrySummary]] = {}
         self._next_loads = 0.0
         self._has_data = asyncio.Event()
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        # Broker links acknowledging after commit (MqttLink.take_acks): taken when a flush takes its batch,
+        # Broker links acknowledging after commit (BrokerLink.take_acks): taken when a flush takes its batch,
         # released once that batch is written, so a crash never loses a message the broker counts delivered.
         self.ack_sources: list[Callable[[], Callable[[], None]]] = []
 
@@ -82,7 +83,7 @@ class BatchWriter:
             pending.update(values)
         self._has_data.set()
 
-    def note_load(self, device_id: str, report: LoadReport, received_at: float, summary: dict[str, Any]) -> None:
+    def note_load(self, device_id: str, report: LoadReport, received_at: float, summary: TelemetrySummary) -> None:
         """Remember the device's newest report for its devices row (written at most every `load_every_s`)."""
         self._loads[device_id] = (report, received_at, summary)
 
@@ -163,8 +164,7 @@ class BatchWriter:
         self._idle.clear()
         finished = False  # stays False if cancelled mid-write: then nothing is acknowledged
         try:
-            to_json = pydantic_core.to_json
-            encoded = [(d, b, seq, sent, recv, to_json(p).decode()) for d, b, seq, sent, recv, p in rows]
+            encoded = [(d, b, seq, sent, recv, encode_summary(p)) for d, b, seq, sent, recv, p in rows]
             async with self.store.begin() as conn:
                 await telemetry.insert_rows(conn, encoded)
                 await devices.apply_loads(conn, loads)

@@ -14,12 +14,12 @@ import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import RowMapping, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,7 +27,8 @@ from cloud_hub.errors import Conflict, InvalidRequest, NotFound
 from cloud_hub.files import private_dir, write_atomic
 from cloud_hub.pki import HubIdentity
 from cloud_hub.registry.artifacts import ArtifactStore
-from cloud_hub.store import Store, schema
+from cloud_hub.store import Store
+from cloud_hub.store import models as model_rows
 from models import signing
 from models.errors import ModelsError
 from models.package import open_package, pack_tar, package_sha256, sign_package, verify_package
@@ -37,7 +38,6 @@ from protocols.signature import ManifestSignature
 
 log = logging.getLogger(__name__)
 
-_m = schema.models.c
 ARTIFACT_PATH = "/api/v1/artifacts/{sha256}.tar"
 
 
@@ -60,7 +60,7 @@ class ModelRecord:
     pushed_at: float
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> ModelRecord:
+    def from_row(cls, row: Mapping[str, Any]) -> ModelRecord:
         """Build from a `models` row."""
         return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
 
@@ -82,7 +82,7 @@ class ModelRecord:
 
 async def get_model(conn: AsyncConnection, name: str, version: str) -> ModelRecord | None:
     """One model version, or None."""
-    row = (await conn.execute(select(schema.models).where(_m.name == name, _m.version == version))).mappings().first()
+    row = await model_rows.get(conn, name, version)
     return None if row is None else ModelRecord.from_row(row)
 
 
@@ -175,7 +175,7 @@ class ModelRegistry:
         record = ModelRecord(name, version, sha, pkg_sha, size, manifest, signature, publisher, time.time())
         try:
             async with self.store.begin() as conn:
-                await conn.execute(insert(schema.models).values(**record.to_json()))
+                await model_rows.insert_model(conn, record.to_json())
         except IntegrityError:
             # A concurrent push of the same name and version won the insert.
             async with self.store.begin() as conn:
@@ -199,11 +199,8 @@ class ModelRegistry:
 
     async def list(self, name: str | None = None) -> list[ModelRecord]:
         """Every pushed version (optionally of one model), by name then push time."""
-        query = select(schema.models).order_by(_m.name, _m.pushed_at, _m.version)
-        if name:
-            query = query.where(_m.name == name)
         async with self.store.begin() as conn:
-            return [ModelRecord.from_row(r) for r in (await conn.execute(query)).mappings()]
+            return [ModelRecord.from_row(r) for r in await model_rows.list_rows(conn, name)]
 
     async def get(self, name: str, version: str) -> ModelRecord:
         """One version; NotFound if absent."""
@@ -217,7 +214,7 @@ class ModelRegistry:
         """The stored tar with this sha256; NotFound unless a pushed model refers to it."""
         path = self.artifacts.path(sha256)
         async with self.store.begin() as conn:
-            known = (await conn.execute(select(_m.name).where(_m.sha256 == sha256).limit(1))).first()
-        if known is None or not path.is_file():
+            known = await model_rows.has_artifact(conn, sha256)
+        if not known or not path.is_file():
             raise NotFound(f"no artifact {sha256}")
         return path

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud_hub.rollouts import store as rstore
 from cloud_hub.store import Store
+from cloud_hub.store import rollouts as rstore
 from protocols.messages import ApplyPolicy, DesiredModel, DesiredState, InstalledModel
 from protocols.topics import Topics
 

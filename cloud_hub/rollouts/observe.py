@@ -6,17 +6,15 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.rollouts.engine import DeviceObservation
 from cloud_hub.rollouts.model import TOUCHED, Rollout, TargetDevice
-from cloud_hub.store import schema
+from cloud_hub.store import devices, telemetry
+from cloud_hub.store.summary import decode_summary
 from protocols.messages import ReportedState
 
-_d = schema.devices.c
-_t = schema.telemetry.c
 BASELINE_WINDOW_S = 3600.0
 CHUNK = 500
 
@@ -42,50 +40,30 @@ def model_phase(d: TargetDevice, reported: ReportedState | None, model: str, ver
     return None, None, None
 
 
-async def _device_rows(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, Any]:
-    rows: dict[str, Any] = {}
-    for i in range(0, len(ids), CHUNK):
-        query = select(_d.id, _d.online, _d.reported, _d.models).where(_d.id.in_(list(ids[i : i + CHUNK])))
-        rows.update({r["id"]: r for r in (await conn.execute(query)).mappings()})
-    return rows
-
-
-async def _telemetry(conn: AsyncConnection, ids: Sequence[str], since: float) -> list[Any]:
-    out: list[Any] = []
-    for i in range(0, len(ids), CHUNK):
-        query = (
-            select(_t.device_id, _t.received_at, _t.pipelines)
-            .where(_t.device_id.in_(list(ids[i : i + CHUNK])), _t.received_at > since)
-            .order_by(_t.received_at)
-        )
-        out.extend((await conn.execute(query)).mappings())
-    return out
-
-
 async def observe(conn: AsyncConnection, r: Rollout, live: LiveFleet | None) -> dict[str, DeviceObservation]:
     """What the engine needs about every touched device."""
     watched = [d for d in r.devices if d.status in TOUCHED]
     if not watched:
         return {}
-    rows = await _device_rows(conn, [d.device_id for d in watched])
+    rows = await devices.observed(conn, [d.device_id for d in watched], CHUNK)
     spec = r.spec
     gates = spec.max_p99_increase_pct is not None or spec.max_error_rate_pct is not None
     active = {d.device_id: d for d in watched if d.status == "active" and d.activated_at is not None}
     usage: dict[str, tuple[dict[str, list[float]], int, int]] = {}
     if gates and active:
         since = min(d.activated_at or 0.0 for d in active.values())
-        for row in await _telemetry(conn, list(active), since):
-            d = active[row["device_id"]]
-            if row["received_at"] <= (d.activated_at or 0.0):
+        for report in await telemetry.received_since(conn, list(active), since, CHUNK):
+            d = active[report["device_id"]]
+            if report["received_at"] <= (d.activated_at or 0.0):
                 continue
             p99s, requests, errors = usage.setdefault(d.device_id, ({}, 0, 0))
-            for name, p in row["pipelines"].items():
-                if p.get("model") != spec.model or p.get("version") not in (None, spec.version):
+            for name, p in decode_summary(report["pipelines"]).items():
+                if p.model != spec.model or p.version not in (None, spec.version):
                     continue
-                if p.get("p99_ms") is not None:
-                    p99s.setdefault(name, []).append(float(p["p99_ms"]))
-                requests += sum(int(p.get(k) or 0) for k in ("local", "cloud", "rejected", "expired"))
-                errors += int(p.get("errors") or 0)
+                if p.p99_ms is not None:
+                    p99s.setdefault(name, []).append(p.p99_ms)
+                requests += p.requests
+                errors += p.errors
             usage[d.device_id] = (p99s, requests, errors)
     found: dict[str, DeviceObservation] = {}
     for d in watched:
@@ -112,11 +90,11 @@ async def observe(conn: AsyncConnection, r: Rollout, live: LiveFleet | None) -> 
 async def baselines(conn: AsyncConnection, ids: Sequence[str], model: str, now: float) -> dict[str, dict[str, float]]:
     """Per device, {pipeline: p99_ms} of `model` from its last report (within the last hour) before now."""
     latest: dict[str, dict[str, float]] = {}
-    for row in await _telemetry(conn, ids, now - BASELINE_WINDOW_S):
+    for row in await telemetry.received_since(conn, ids, now - BASELINE_WINDOW_S, CHUNK):
         p99s = {
-            name: float(p["p99_ms"])
-            for name, p in row["pipelines"].items()
-            if p.get("model") == model and p.get("p99_ms") is not None
+            name: p.p99_ms
+            for name, p in decode_summary(row["pipelines"]).items()
+            if p.model == model and p.p99_ms is not None
         }
         if p99s:
             latest[row["device_id"]] = p99s  # rows come oldest first: the last one wins
@@ -125,7 +103,7 @@ async def baselines(conn: AsyncConnection, ids: Sequence[str], model: str, now: 
 
 async def installed_versions(conn: AsyncConnection, ids: Sequence[str], model: str) -> dict[str, str]:
     """Per device, the active version of `model` it announced in its birth (for devices with no desired entry)."""
-    rows = await _device_rows(conn, ids)
+    rows = await devices.observed(conn, ids, CHUNK)
     found = {}
     for device_id, row in rows.items():
         for m in row["models"] or []:

@@ -22,10 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloud_hub.errors import NotFound
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.registry.service import ModelRegistry, get_model
-from cloud_hub.rollouts import engine, observe
-from cloud_hub.rollouts import store as rstore
+from cloud_hub.rollouts import engine, observe, persist
 from cloud_hub.rollouts.desired import DesiredWriter
 from cloud_hub.rollouts.model import Rollout
+from cloud_hub.store import rollouts as rstore
 from protocols.messages import DesiredModel, DesiredState, DeviceBirth, InstalledModel
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Orchestrator:
         now = self.clock()
         async with self.store.begin() as conn:
             self.leader = await rstore.take_lease(conn, LEASE, self.owner, now, self.lease_ttl_s)
-            live = await rstore.live_ids(conn) if self.leader else []
+            live = await persist.live_ids(conn) if self.leader else []
         if not self.leader:
             self._births.clear()
             return False
@@ -144,12 +144,12 @@ class Orchestrator:
         """Load the rollout (locked), compute its next state with `fn`, perform the actions, save; publish."""
         now = self.clock()
         async with self.store.begin() as conn:
-            old = await rstore.load(conn, rollout_id, for_update=True)
+            old = await persist.load(conn, rollout_id, for_update=True)
             if old is None:
                 raise NotFound(f"no rollout {rollout_id!r}")
             result = await fn(old, now, conn)
             new, states = await self._perform(conn, result, now)
-            await rstore.save(conn, new, old)
+            await persist.save(conn, new, old)
         if new.state != old.state:
             log.info("rollout %s: %s -> %s%s", new.id, old.state, new.state, f" ({new.reason})" if new.reason else "")
         await self.writer.publish(states)

@@ -8,11 +8,11 @@ from typing import Any
 from cloud_hub.errors import Conflict, InvalidRequest, NotFound
 from cloud_hub.fleet.tokens import new_id
 from cloud_hub.registry.service import get_model
-from cloud_hub.rollouts import engine, observe
-from cloud_hub.rollouts import store as rstore
+from cloud_hub.rollouts import engine, observe, persist
 from cloud_hub.rollouts.model import Rollout, RolloutSpec, TargetDevice, plan_waves
 from cloud_hub.rollouts.orchestrator import Orchestrator
 from cloud_hub.store import devices
+from cloud_hub.store import rollouts as rstore
 
 
 class RolloutService:
@@ -51,19 +51,19 @@ class RolloutService:
                 updated_at=now,
                 devices=tuple(targets),
             )
-            await rstore.insert_rollout(conn, rollout)
+            await persist.insert_rollout(conn, rollout)
         self.orchestrator.wake()
         return rollout
 
     async def list(self) -> list[dict[str, Any]]:
         """Every rollout's summary, oldest first."""
         async with self.store.begin() as conn:
-            return await rstore.summaries(conn)
+            return await persist.summaries(conn)
 
     async def get(self, rollout_id: str) -> Rollout:
         """One rollout; NotFound if absent."""
         async with self.store.begin() as conn:
-            found = await rstore.load(conn, rollout_id)
+            found = await persist.load(conn, rollout_id)
         if found is None:
             raise NotFound(f"no rollout {rollout_id!r}")
         return found
@@ -71,7 +71,7 @@ class RolloutService:
     async def detail(self, rollout_id: str) -> dict[str, Any]:
         """Summary, per-wave counts and per-device rows with live progress from reported state."""
         async with self.store.begin() as conn:
-            r = await rstore.load(conn, rollout_id)
+            r = await persist.load(conn, rollout_id)
             if r is None:
                 raise NotFound(f"no rollout {rollout_id!r}")
             seen = await observe.observe(conn, r, self.orchestrator.live)

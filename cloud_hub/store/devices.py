@@ -118,3 +118,12 @@ async def apply_loads(conn: AsyncConnection, loads: Sequence[EncodedLoad]) -> No
     sql = f"UPDATE {schema.devices.name} SET {sets} WHERE id = {marks[-1]} AND status != '{REVOKED}'"  # noqa: S608
     # Sorted by device id, as apply_updates: replicas lock rows in one order.
     await conn.exec_driver_sql(sql, sorted(loads, key=lambda row: row[-1]))
+
+
+async def observed(conn: AsyncConnection, ids: Sequence[str], chunk: int = 500) -> dict[str, dict[str, Any]]:
+    """id -> {id, online, reported, models} of the given devices that exist (rollout observations)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(ids), chunk):
+        query = select(_d.id, _d.online, _d.reported, _d.models).where(_d.id.in_(list(ids[i : i + chunk])))
+        rows.update({r["id"]: dict(r) for r in (await conn.execute(query)).mappings()})
+    return rows

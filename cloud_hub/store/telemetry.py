@@ -83,3 +83,18 @@ async def prune(conn: AsyncConnection, before: float) -> int:
     """Delete reports received before `before`; return how many went."""
     result = await conn.execute(delete(schema.telemetry).where(_t.received_at < before))
     return int(result.rowcount or 0)
+
+
+async def received_since(
+    conn: AsyncConnection, ids: Sequence[str], since: float, chunk: int = 500
+) -> list[dict[str, Any]]:
+    """{device_id, received_at, pipelines} of the devices' reports received after `since`, oldest first per chunk."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(ids), chunk):
+        query = (
+            select(_t.device_id, _t.received_at, _t.pipelines)
+            .where(_t.device_id.in_(list(ids[i : i + chunk])), _t.received_at > since)
+            .order_by(_t.received_at)
+        )
+        out.extend(dict(r) for r in (await conn.execute(query)).mappings())
+    return out

@@ -15,8 +15,7 @@ from hub_support import hub_config
 from rig import Mosquitto
 from sqlalchemy.engine import make_url
 
-from cloud_hub.api import serve_hub
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub, serve_hub
 from cloud_hub.pki import HubIdentity
 
 PG_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -14,9 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from hub_devices import client_ssl, make_csr, provision
+from devices_support import client_ssl, make_csr, provision
 
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub
 from cloud_hub.pki.ca import ca_fingerprint
 from protocols.messages import ProvisionResponse
 
@@ -225,7 +225,7 @@ async def test_metrics_and_ca_are_public(api: Api) -> None:
 
 async def test_restart_keeps_ca_token_and_devices(api: Api, hub: Hub, tmp_path: Path) -> None:
     # A second Hub on the same data dir loads what the first created.
-    from cloud_hub.hub import Hub as HubClass
+    from cloud_hub.app import Hub as HubClass
 
     again = HubClass(hub.config, ingest=False)
     assert again.identity.ca.fingerprint == hub.identity.ca.fingerprint

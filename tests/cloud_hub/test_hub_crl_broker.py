@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from hub_devices import write_identity
+from devices_support import write_identity
 from rig import Mosquitto
 from test_provision_e2e import _connect
 

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import ec
-from hub_devices import TOPICS, DeviceClient, birth, load_report, provision, write_identity
+from devices_support import TOPICS, DeviceClient, birth, load_report, provision, write_identity
 from hub_support import hub_config
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -23,10 +23,9 @@ from paho.mqtt.properties import Properties
 from rig import Mosquitto
 from test_hub_api import Api
 
-from cloud_hub.api import serve_hub
-from cloud_hub.hub import Hub
-from cloud_hub.ingest.mqtt import BrokerUrl, MqttLink
-from cloud_hub.ingest.paho_client import RECV_CHUNK
+from cloud_hub.app import Hub, serve_hub
+from cloud_hub.broker import BrokerLink, BrokerUrl
+from cloud_hub.broker.paho_client import RECV_CHUNK
 from cloud_hub.ingest.service import hub_client_id
 from cloud_hub.pki import HubIdentity
 from cloud_hub.store import Store, devices, schema, telemetry
@@ -247,7 +246,7 @@ async def test_link_delivers_every_publish_exactly_on_lean_and_paho_paths(mosqui
     url = BrokerUrl("127.0.0.1", mosquitto_plain.port, tls=False)
     big = bytes(range(256)) * (3 * RECV_CHUNK // 256 + 7)  # spans several 64 KiB reads
     sent: list[tuple[str, bytes]] = []
-    async with MqttLink(url, subscriptions=[("t/#", 2)], on_message=lambda t, p: got.append((t, p))) as link:
+    async with BrokerLink(url, subscriptions=[("t/#", 2)], on_message=lambda t, p: got.append((t, p))) as link:
         await link.wait_connected(10)
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lean-pub", protocol=mqtt.MQTTv5)
         pub.connect("127.0.0.1", mosquitto_plain.port)
@@ -324,7 +323,7 @@ async def test_encoded_rows_and_loads_round_trip(db_url: str) -> None:
 
 async def _metrics(api: Api) -> str:
     import aiohttp
-    from hub_devices import client_ssl
+    from devices_support import client_ssl
 
     async with aiohttp.ClientSession() as s, s.get(f"{api.url}/metrics", ssl=client_ssl(api.cafile)) as r:
         return await r.text()
@@ -335,7 +334,7 @@ import ssl, sys, time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, "tests/cloud_hub")
-from hub_devices import TOPICS, birth, will
+from devices_support import TOPICS, birth, will
 port, cafile, certfile, keyfile, keepalive = sys.argv[1:]
 ctx = ssl.create_default_context(cafile=cafile)
 ctx.load_cert_chain(certfile, keyfile)

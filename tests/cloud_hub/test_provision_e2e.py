@@ -13,14 +13,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import pytest_asyncio
-from hub_devices import TOPICS, DeviceClient, load_report
+from devices_support import TOPICS, DeviceClient, load_report
 from hub_support import hub_config
 from paho.mqtt.enums import CallbackAPIVersion
 from rig import Mosquitto, TestPKI
 from test_hub_ingest import until
 
-from cloud_hub.api import serve_hub
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub, serve_hub
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

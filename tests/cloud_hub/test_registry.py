@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from hub_devices import client_ssl
+from devices_support import client_ssl
 from test_hub_api import Api
 
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub
 from models import signing
 from models.package import file_sha256, open_package, pack_tar, sign_package, verify_package
 from models.zoo import ZOO_PUBLIC_KEY_FILE, zoo_package_path

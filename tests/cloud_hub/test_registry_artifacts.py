@@ -9,13 +9,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from hub_devices import client_ssl, provision, write_identity
+from devices_support import client_ssl, provision, write_identity
 from multidict import CIMultiDict
 from rig import TestPKI
 from test_hub_api import Api
 from test_registry import push, trust_zoo, zoo_tar
 
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_devices import provision
+from devices_support import provision
 from test_hub_api import Api
 
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub
 from models.zoo import ZOO_PUBLIC_KEY_FILE, zoo_package_path
 
 ROOT = Path(__file__).resolve().parents[2]

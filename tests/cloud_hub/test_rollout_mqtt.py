@@ -16,15 +16,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from hub_devices import TOPICS, DeviceClient, birth, provision, write_identity
+from devices_support import TOPICS, DeviceClient, birth, provision, write_identity
 from hub_support import hub_config
 from rig import Mosquitto
 from test_hub_api import Api
 from test_hub_ingest import until
 from test_registry import push, trust_zoo, zoo_tar
 
-from cloud_hub.api import serve_hub
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub, serve_hub
 from protocols.messages import DesiredState, ModelReport, ReportedState
 
 pytestmark = pytest.mark.slow
@@ -145,3 +144,32 @@ async def test_rollout_over_three_devices_completes_with_retained_growing_revisi
         assert sim.desired[1].revision == 2
     finally:
         await asyncio.to_thread(again.close)
+
+
+async def test_hub_without_ingest_still_publishes_desired_state(
+    hub_data_dir: Path, db_url: str, hub_broker: Mosquitto, tmp_path: Path
+) -> None:
+    config = hub_config(hub_data_dir, db_url, brokers=(f"mqtts://127.0.0.1:{hub_broker.port}",))
+    async with serve_hub(config, ingest=False) as hub:
+        assert hub.ingest is None
+        await hub.broker.wait_connected(10)
+        api = Api(hub)
+        await trust_zoo(api)
+        assert (await push(api, zoo_tar(tmp_path, "tiny-cnn", "1")))[0] == 201
+        token = (await api.claim(uses=1))["token"]
+        status, body, key = await provision(api.url, api.cafile, token, device_id="dev-0")
+        assert status == 200
+        cert = write_identity(tmp_path / "dev-0", key, body["certificate_pem"])
+        client = await asyncio.to_thread(DeviceClient, hub_broker, api.cafile, cert, "dev-0")
+        got: list[DesiredState] = []
+        try:
+            client.client.on_message = lambda _c, _u, m: got.append(DesiredState.model_validate_json(m.payload))
+            client.client.subscribe(TOPICS.desired("dev-0"), qos=1)
+            record = await hub.registry.get("tiny-cnn", "1")
+            async with hub.store.begin() as conn:
+                states = await hub.desired.set_models(conn, {"dev-0": ("tiny-cnn", record.desired(hub.url))})
+            assert await hub.desired.publish(states) == 1
+            await until(lambda: len(got) == 1, what="desired state from a hub without ingest")
+            assert (got[0].revision, [m.version for m in got[0].models]) == (1, ["1"])
+        finally:
+            await asyncio.to_thread(client.close)

@@ -11,4 +11,4 @@ for _folder in ("cloud_hub", "edge_agent", "security", "fuzz"):
         sys.path.append(str(_TESTS / _folder))
 
 # The hub and broker fixtures of the security checks serve the MQTT storms as well.
-from sec_fixtures import api, hub, hub_broker, hub_data_dir, hub_identity  # noqa: E402, F401
+from fixtures_support import api, hub, hub_broker, hub_data_dir, hub_identity  # noqa: E402, F401

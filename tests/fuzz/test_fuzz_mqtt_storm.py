@@ -15,13 +15,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from hub_devices import TOPICS, DeviceClient, birth, load_report, provision, write_identity
+from devices_support import TOPICS, DeviceClient, birth, load_report, provision, write_identity
 from hub_support import hub_config
 from prometheus_client.parser import text_string_to_metric_families
 from rig import Mosquitto
 from sec_support import HubApi
 
-from cloud_hub.api import serve_hub
+from cloud_hub.app import serve_hub
 from protocols.messages import DeviceEvent, ReportedState
 
 pytestmark = pytest.mark.slow

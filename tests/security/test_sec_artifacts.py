@@ -8,11 +8,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from hub_devices import provision, write_identity
+from devices_support import provision, write_identity
 from rig import TestPKI
 from sec_support import HubApi, raw_request
 
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub
 from models.package import pack_tar
 from models.zoo import ZOO_PUBLIC_KEY_FILE, zoo_package_path
 

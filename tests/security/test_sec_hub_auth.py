@@ -10,7 +10,7 @@ from sec_support import HubApi, app_routes
 
 from cloud_hub.api.app import build_app
 from cloud_hub.api.openapi import openapi_document
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub
 
 # The only routes that answer without the operator token (route templates). Adding one is a security
 # decision: it must be added here, and to docs/security.md, on purpose.

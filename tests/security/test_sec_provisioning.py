@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hub_devices import provision
+from devices_support import provision
 from sec_support import HubApi
 
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub
 from cloud_hub.pki.identity import HUB_CN
 
 

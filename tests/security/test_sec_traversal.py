@@ -15,7 +15,7 @@ from agent_support import standalone_config
 from pydantic import ValidationError
 from sec_support import HubApi
 
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub
 from edge_agent.app import Agent
 from edge_agent.reconcile.download import Downloader
 from edge_agent.reconcile.errors import DownloadError

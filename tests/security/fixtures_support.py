@@ -11,8 +11,7 @@ from hub_support import hub_config
 from rig import Mosquitto
 from sec_support import HubApi, start_hub_broker
 
-from cloud_hub.api import serve_hub
-from cloud_hub.hub import Hub
+from cloud_hub.app import Hub, serve_hub
 from cloud_hub.pki import HubIdentity
 
 

@@ -18,9 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud_hub.api.keys import HUB_KEY
+from cloud_hub.api.keys import HUB_KEY, HubCore
 from cloud_hub.errors import Forbidden, InvalidRequest, Unauthorized
-from cloud_hub.hub import Hub
 from cloud_hub.store import devices
 
 # Largest package upload accepted (the archive limit devices apply as well).
@@ -123,7 +122,7 @@ def peer_common_name(request: web.Request) -> str | None:
     return None
 
 
-async def authorize_download(request: web.Request, hub: Hub) -> str:
+async def authorize_download(request: web.Request, hub: HubCore) -> str:
     """'operator' or the device id; Unauthorized/Forbidden otherwise."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():

@@ -1,4 +1,4 @@
-"""One MQTT v5 link to a broker: paho-mqtt 2.x driven by the asyncio loop (no paho thread).
+"""The hub's MQTT v5 link to one broker: paho-mqtt 2.x driven by the asyncio loop (no paho thread).
 
 paho's socket callbacks register the socket with the loop (`add_reader` -> `loop_read`, `add_writer` ->
 `loop_write`) and a 1 s task calls `loop_misc` for keepalive, as in paho's asyncio example and Home
@@ -32,9 +32,7 @@ import ssl
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -42,43 +40,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_hub.errors import ConfigError, HubError
-from cloud_hub.ingest.paho_client import LeanClient
+from cloud_hub.broker.paho_client import LeanClient
+from cloud_hub.broker.url import AUTH_FAILURES, AuthenticationFailed, BrokerLinkError, BrokerUrl
+from cloud_hub.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-# CONNACK reason codes after which retrying with the same identity cannot help.
-_AUTH_FAILURES = frozenset({134, 135, 138, 140})  # bad user/password, not authorized, banned, bad auth method
-
-
-class MqttLinkError(HubError):
-    """The broker refused or dropped the link."""
-
-
-class AuthenticationFailed(MqttLinkError):
-    """The broker refused our identity; the link stops retrying."""
-
-
-@dataclass(frozen=True)
-class BrokerUrl:
-    """mqtt://host:port (plain, development) or mqtts://host:port (TLS)."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerUrl:
-        """Parse a broker URL; ConfigError if it is not mqtt:// or mqtts://."""
-        parts = urlsplit(url)
-        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
-            raise ConfigError(f"broker URL {url!r} must be mqtts://host[:port] or mqtt://host[:port]")
-        tls = parts.scheme == "mqtts"
-        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
 
 MessageHandler = Callable[[str, bytes], None]
 
@@ -91,7 +57,7 @@ def _nothing() -> None:
 READ_BATCH = 500
 
 
-class MqttLink:
+class BrokerLink:
     """Connects, subscribes to `subscriptions` on every connect, and feeds each message to `on_message`."""
 
     def __init__(
@@ -126,7 +92,7 @@ class MqttLink:
         self.backoff = (backoff_min_s, backoff_max_s)
         self.on_connected = on_connected
         self.connected = asyncio.Event()
-        self.failure: MqttLinkError | None = None
+        self.failure: BrokerLinkError | None = None
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._futures: dict[int, asyncio.Future[Any]] = {}
@@ -165,7 +131,7 @@ class MqttLink:
 
     # --- life cycle -----------------------------------------------------------------------------------
 
-    async def start(self) -> MqttLink:
+    async def start(self) -> BrokerLink:
         """Start the owned connect/reconnect task."""
         self._task = asyncio.create_task(self._run(), name=f"mqtt-link {self.url}")
         return self
@@ -185,7 +151,7 @@ class MqttLink:
                     await task
         self._drop_socket()
 
-    async def __aenter__(self) -> MqttLink:
+    async def __aenter__(self) -> BrokerLink:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -209,7 +175,7 @@ class MqttLink:
         """Publish and, for QoS > 0, wait for the broker's acknowledgement."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise MqttLinkError(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
+            raise BrokerLinkError(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
         if qos == 0 or info.is_published():
             return
         await self._await_mid(info.mid, f"PUBACK for {topic}")
@@ -256,7 +222,7 @@ class MqttLink:
                 self.failure = exc
                 log.error("broker %s refused the hub's identity, not retrying: %s", self.url, exc)
                 return
-            except (OSError, TimeoutError, MqttLinkError) as exc:
+            except (OSError, TimeoutError, BrokerLinkError) as exc:
                 log.warning("broker %s: %s", self.url, exc or type(exc).__name__)
             finally:
                 if self.connected.is_set():
@@ -290,21 +256,21 @@ class MqttLink:
 
         rc = await self._loop.run_in_executor(None, connect)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise MqttLinkError(f"connect failed: {mqtt.error_string(rc)}")
+            raise BrokerLinkError(f"connect failed: {mqtt.error_string(rc)}")
         self._misc = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc {self.url}")
         async with asyncio.timeout(self.timeout_s):
             reason = await self._connack
         if reason.is_failure:
-            if reason.value in _AUTH_FAILURES:
+            if reason.value in AUTH_FAILURES:
                 raise AuthenticationFailed(f"CONNACK {reason}")
-            raise MqttLinkError(f"CONNACK {reason}")
+            raise BrokerLinkError(f"CONNACK {reason}")
 
     async def _subscribe_all(self) -> None:
         if not self.subscriptions:
             return
         rc, mid = self.client.subscribe(list(self.subscriptions))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            raise MqttLinkError(f"subscribe failed: {mqtt.error_string(rc)}")
+            raise BrokerLinkError(f"subscribe failed: {mqtt.error_string(rc)}")
         codes: list[ReasonCode] = await self._await_mid(mid, "SUBACK")
         refused = [f"{t}: {c}" for (t, _), c in zip(self.subscriptions, codes, strict=False) if c.is_failure]
         if refused:
@@ -317,7 +283,7 @@ class MqttLink:
             async with asyncio.timeout(self.timeout_s):
                 return await future
         except TimeoutError as exc:
-            raise MqttLinkError(f"no {what} (mid {mid}) within {self.timeout_s} s") from exc
+            raise BrokerLinkError(f"no {what} (mid {mid}) within {self.timeout_s} s") from exc
         finally:
             self._futures.pop(mid, None)
 
@@ -355,7 +321,7 @@ class MqttLink:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None) -> None:
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(MqttLinkError(f"disconnected before CONNACK: {reason}"))
+            self._connack.set_exception(BrokerLinkError(f"disconnected before CONNACK: {reason}"))
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(reason)
 

@@ -2,50 +2,48 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud_hub.rollouts.model import LIVE_STATES, Rollout, RolloutSpec, TargetDevice
 from cloud_hub.store import schema
 
 _r = schema.rollouts.c
 _rd = schema.rollout_devices.c
 _dd = schema.device_desired.c
 _l = schema.leases.c
-_DEVICE_FIELDS = [f.name for f in dataclasses.fields(TargetDevice)]
+# Columns of a rollout's device row that change after it is planned (`update_devices`).
+DEVICE_MUTABLE = (
+    "status",
+    "revision",
+    "previous",
+    "baseline",
+    "started_at",
+    "activated_at",
+    "error",
+    "updated_at",
+)
 
 
 # --- rollouts ------------------------------------------------------------------------------------------
 
 
-async def insert_rollout(conn: AsyncConnection, r: Rollout) -> None:
-    """Store a new rollout and its planned devices."""
-    await conn.execute(insert(schema.rollouts).values(**_rollout_values(r), id=r.id, created_at=r.created_at))
-    if r.devices:
-        await conn.execute(insert(schema.rollout_devices), [{"rollout_id": r.id, **d.to_json()} for d in r.devices])
+async def insert_rollout(
+    conn: AsyncConnection, values: Mapping[str, Any], devices: Sequence[Mapping[str, Any]]
+) -> None:
+    """Store a new rollout row (every column) and its planned device rows (without rollout_id)."""
+    await conn.execute(insert(schema.rollouts).values(**values))
+    if devices:
+        await conn.execute(insert(schema.rollout_devices), [{"rollout_id": values["id"], **d} for d in devices])
 
 
-def _rollout_values(r: Rollout) -> dict[str, Any]:
-    return {
-        "model": r.spec.model,
-        "version": r.spec.version,
-        "spec": r.spec.model_dump(mode="json"),
-        "state": r.state,
-        "wave": r.wave,
-        "phase": r.phase,
-        "phase_since": r.phase_since,
-        "reason": r.reason,
-        "updated_at": r.updated_at,
-    }
-
-
-async def load(conn: AsyncConnection, rollout_id: str, *, for_update: bool = False) -> Rollout | None:
-    """One rollout with its devices (row-locked on PostgreSQL with `for_update`)."""
+async def load(
+    conn: AsyncConnection, rollout_id: str, *, for_update: bool = False
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """One rollout row and its device rows by position (the rollout row-locked on PostgreSQL with `for_update`)."""
     query = select(schema.rollouts).where(_r.id == rollout_id)
     if for_update:
         query = query.with_for_update()
@@ -53,26 +51,16 @@ async def load(conn: AsyncConnection, rollout_id: str, *, for_update: bool = Fal
     if row is None:
         return None
     rows = await conn.execute(select(schema.rollout_devices).where(_rd.rollout_id == rollout_id).order_by(_rd.position))
-    return _from_row(row, tuple(TargetDevice(**{k: d[k] for k in _DEVICE_FIELDS}) for d in rows.mappings()))
+    return dict(row), [dict(d) for d in rows.mappings()]
 
 
-def _from_row(row: Any, devices: tuple[TargetDevice, ...]) -> Rollout:
-    return Rollout(
-        id=row["id"],
-        spec=RolloutSpec.model_validate(row["spec"]),
-        state=row["state"],
-        wave=row["wave"],
-        phase=row["phase"],
-        phase_since=row["phase_since"],
-        reason=row["reason"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        devices=devices,
-    )
+async def all_rows(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Every rollout row (no device rows), oldest first."""
+    return [dict(r) for r in (await conn.execute(select(schema.rollouts).order_by(_r.created_at, _r.id))).mappings()]
 
 
-async def summaries(conn: AsyncConnection) -> list[dict[str, Any]]:
-    """Every rollout's summary (counts per status from one GROUP BY, no device rows), oldest first."""
+async def device_counts(conn: AsyncConnection) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Per rollout, devices per status, and its number of waves (from one GROUP BY, no device rows)."""
     grouped = await conn.execute(
         select(_rd.rollout_id, _rd.status, func.count(), func.max(_rd.wave)).group_by(_rd.rollout_id, _rd.status)
     )
@@ -81,12 +69,7 @@ async def summaries(conn: AsyncConnection) -> list[dict[str, Any]]:
     for rollout_id, status, n, top in grouped:
         counts.setdefault(rollout_id, {})[status] = int(n)
         waves[rollout_id] = max(waves.get(rollout_id, 0), int(top) + 1)
-    found = []
-    for row in (await conn.execute(select(schema.rollouts).order_by(_r.created_at, _r.id))).mappings():
-        summary = _from_row(row, ()).summary()
-        mine = counts.get(row["id"], {})
-        found.append({**summary, "counts": mine, "devices_total": sum(mine.values()), "waves": waves.get(row["id"], 0)})
-    return found
+    return counts, waves
 
 
 async def ids(conn: AsyncConnection, states: Iterable[str] | None = None, model: str | None = None) -> list[str]:
@@ -99,30 +82,25 @@ async def ids(conn: AsyncConnection, states: Iterable[str] | None = None, model:
     return list((await conn.execute(query)).scalars())
 
 
-async def live_ids(conn: AsyncConnection) -> list[str]:
-    """Rollouts the orchestrator still drives."""
-    return await ids(conn, LIVE_STATES)
+async def update_rollout(conn: AsyncConnection, rollout_id: str, values: Mapping[str, Any]) -> None:
+    """Write columns of one rollout row."""
+    await conn.execute(update(schema.rollouts).where(_r.id == rollout_id).values(**values))
 
 
-async def save(conn: AsyncConnection, new: Rollout, old: Rollout) -> None:
-    """Write the rollout row and the device rows that changed."""
-    if new == old:
+async def update_devices(conn: AsyncConnection, rollout_id: str, devices: Sequence[Mapping[str, Any]]) -> None:
+    """Write the `DEVICE_MUTABLE` columns of some device rows of a rollout (each with its device_id)."""
+    if not devices:
         return
-    await conn.execute(update(schema.rollouts).where(_r.id == new.id).values(**_rollout_values(new)))
-    before = {d.device_id: d for d in old.devices}
-    changed = [d for d in new.devices if before.get(d.device_id) != d]
-    if changed:
-        fields = [f for f in _DEVICE_FIELDS if f not in ("device_id", "position", "wave")]
-        stmt = (
-            update(schema.rollout_devices)
-            .where(_rd.rollout_id == bindparam("b_rollout"), _rd.device_id == bindparam("b_device"))
-            .values({f: bindparam(f"b_{f}") for f in fields})
-        )
-        params = [
-            {"b_rollout": new.id, "b_device": d.device_id, **{f"b_{f}": getattr(d, f) for f in fields}}
-            for d in sorted(changed, key=lambda d: d.device_id)
-        ]
-        await conn.execute(stmt, params)
+    stmt = (
+        update(schema.rollout_devices)
+        .where(_rd.rollout_id == bindparam("b_rollout"), _rd.device_id == bindparam("b_device"))
+        .values({f: bindparam(f"b_{f}") for f in DEVICE_MUTABLE})
+    )
+    params = [
+        {"b_rollout": rollout_id, "b_device": d["device_id"], **{f"b_{f}": d[f] for f in DEVICE_MUTABLE}}
+        for d in sorted(devices, key=lambda d: d["device_id"])
+    ]
+    await conn.execute(stmt, params)
 
 
 # --- desired state ---------------------------------------------------------------------------------------

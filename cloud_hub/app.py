@@ -1,16 +1,26 @@
-"""The hub core: identity, store, services and ingest, opened and closed together."""
+"""The one assembly point of the hub: the core (identity, store, broker links, services, ingest) opened
+and closed together, the HTTPS server around it, and `run` for `cloud-hub serve`."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import signal
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit
 
+from aiohttp import web
+
+from cloud_hub.api import build_app
+from cloud_hub.broker import BrokerLinks
 from cloud_hub.config import HubConfig
-from cloud_hub.errors import ConfigError, HubError
+from cloud_hub.errors import ConfigError
 from cloud_hub.files import write_atomic
 from cloud_hub.fleet.claims import ClaimService
 from cloud_hub.fleet.devices import DeviceService
@@ -31,7 +41,10 @@ log = logging.getLogger(__name__)
 
 
 class Hub:
-    """Everything behind the API. `async with Hub(config) as hub:`; transports call its services."""
+    """Everything behind the API. `async with Hub(config) as hub:`; transports call its services.
+
+    `ingest=False` leaves out telemetry ingest (no subscriptions); the hub still links to its brokers to
+    publish desired state."""
 
     def __init__(self, config: HubConfig, *, ingest: bool = True) -> None:
         self.config = config
@@ -51,10 +64,11 @@ class Hub:
             self.fleet,
             ProvisionSettings(self.url, broker, config.topic_prefix, config.telemetry_interval_s),
         )
+        self.broker = BrokerLinks(config, self.identity, self.metrics)
         self.ingest = (
             IngestService(
                 config,
-                identity=self.identity,
+                broker=self.broker,
                 store=self.store,
                 fleet=self.fleet,
                 device_service=self.devices,
@@ -65,9 +79,7 @@ class Hub:
         )
         # Issue 6: model registry, desired state and the rollout orchestrator (an owned task).
         self.registry = ModelRegistry(self.store, self.identity, self.url)
-        self.desired = DesiredWriter(
-            self.store, Topics(config.topic_prefix), self._publish_desired if self.ingest is not None else None
-        )
+        self.desired = DesiredWriter(self.store, Topics(config.topic_prefix), self.broker.publish_retained)
         self.orchestrator = Orchestrator(self.registry, self.desired, live=self.fleet)
         self.rollouts = RolloutService(self.orchestrator)
 
@@ -76,15 +88,14 @@ class Hub:
         if self.config.host not in {"0.0.0.0", "::", ""}:  # noqa: S104  # comparing, not binding
             names.append(self.config.host)
         if self.config.public_url:
-            from urllib.parse import urlsplit
-
             host = urlsplit(self.config.public_url).hostname
             if host:
                 names.append(host)
         return tuple(dict.fromkeys(names))
 
     async def open(self) -> Self:
-        """Open the store (migrating it), make the first operator token, write the CRL, start ingest."""
+        """Open the store (migrating it), make the first operator token, write the CRL, link to the brokers
+        (subscribed by ingest, or publish-only), start the orchestrator."""
         if not self.provisioner.settings.broker_url:
             log.warning("no --broker given: provisioning answers with an empty broker_url and ingest is off")
         await self.store.open()
@@ -93,20 +104,24 @@ class Hub:
             await self.devices.write_crl()
             if self.ingest is not None:
                 await self.ingest.start()
+            else:
+                await self.broker.start()
             self.registry.artifacts.ensure()
             await self.orchestrator.start()
         except BaseException:
             if self.ingest is not None:
                 await self.ingest.aclose()
+            await self.broker.aclose()
             await self.store.aclose()
             raise
         return self
 
     async def aclose(self) -> None:
-        """Stop the orchestrator and ingest (flushing its buffer), then close the store."""
+        """Stop the orchestrator and ingest (flushing its buffer), close the broker links, then the store."""
         await self.orchestrator.aclose()
         if self.ingest is not None:
             await self.ingest.aclose()
+        await self.broker.aclose()
         await self.store.aclose()
 
     async def __aenter__(self) -> Self:
@@ -132,16 +147,37 @@ class Hub:
         if not self.token_hashes:
             raise ConfigError("no operator token in the database")
 
-    async def _publish_desired(self, topic: str, payload: bytes) -> None:
-        """Publish a desired state retained, QoS 1, on every broker the hub is linked to."""
-        links = self.ingest.links if self.ingest is not None else []
-        if not links:
-            raise HubError("no broker link to publish desired state on")
-        down = [str(link.url) for link in links if not link.connected.is_set()]
-        if down:
-            raise HubError(f"broker {down[0]} is not connected")
-        await asyncio.gather(*(link.publish(topic, payload, qos=1, retain=True) for link in links))
-
     def check_token(self, token: str) -> bool:
         """True if `token` is a known operator API token."""
         return token_hash(token) in self.token_hashes
+
+
+@asynccontextmanager
+async def serve_hub(config: HubConfig, *, ingest: bool = True) -> AsyncIterator[Hub]:
+    """Open the hub and serve HTTPS on config.host:config.port until the context exits."""
+    async with Hub(config, ingest=ingest) as hub:
+        runner = web.AppRunner(build_app(hub), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, config.host, config.port, ssl_context=hub.identity.server_ssl_context())
+            await site.start()
+            write_atomic(
+                hub.identity.paths.hub_info,
+                json.dumps({"url": hub.url, "ca_fingerprint": hub.identity.ca.fingerprint}).encode(),
+                0o644,
+            )
+            log.info("hub serving on %s (CA fingerprint %s)", hub.url, hub.identity.ca.fingerprint)
+            yield hub
+        finally:
+            await runner.cleanup()
+
+
+async def run(config: HubConfig) -> None:
+    """Serve until SIGINT/SIGTERM (`cloud-hub serve`)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve_hub(config) as hub:
+        print(f"edgefleet hub at {hub.url}  CA sha256 {hub.identity.ca.fingerprint}", flush=True)
+        await stop.wait()

@@ -1,0 +1,89 @@
+"""The hub's links to its brokers, one per configured broker: ingest subscribes through them and the
+desired-state writer publishes on them, so desired state goes out whether or not this hub ingests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from prometheus_client import Gauge
+
+from cloud_hub.broker.link import BrokerLink, MessageHandler
+from cloud_hub.broker.url import BrokerUrl
+from cloud_hub.config import HubConfig
+from cloud_hub.errors import HubError
+from cloud_hub.metrics import HubMetrics
+from cloud_hub.pki import HubIdentity
+
+log = logging.getLogger(__name__)
+
+
+def _ignore(_topic: str, _payload: bytes) -> None:
+    pass
+
+
+class BrokerLinks:
+    """Opens one `BrokerLink` per `config.brokers` entry (`start`), publishes desired state on all of them."""
+
+    def __init__(self, config: HubConfig, identity: HubIdentity, metrics: HubMetrics) -> None:
+        self.config = config
+        self.identity = identity
+        self.metrics = metrics
+        self.links: list[BrokerLink] = []
+
+    async def start(
+        self,
+        *,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: MessageHandler = _ignore,
+        client_id: str | None = None,
+        session_expiry_s: int | None = None,
+        manual_ack: bool = False,
+        receive_maximum: int | None = None,
+        on_pending_ack: Callable[[], None] | None = None,
+    ) -> list[BrokerLink]:
+        """Start a link to every configured broker (ingest passes its subscriptions and session settings)."""
+        for url in self.config.brokers:
+            broker = BrokerUrl.parse(url)
+            ctx = self.identity.mqtt_ssl_context(self.config.broker_cafile) if broker.tls else None
+            gauge = self.metrics.broker_connected.labels(broker=str(broker))
+
+            def connected(up: bool, gauge: Gauge = gauge) -> None:
+                gauge.set(1 if up else 0)
+
+            link = BrokerLink(
+                broker,
+                subscriptions=subscriptions,
+                on_message=on_message,
+                ssl_context=ctx,
+                keepalive_s=self.config.mqtt_keepalive_s,
+                on_connected=connected,
+                client_id=client_id,
+                session_expiry_s=session_expiry_s,
+                manual_ack=manual_ack,
+                receive_maximum=receive_maximum,
+                on_pending_ack=on_pending_ack,
+            )
+            self.links.append(await link.start())
+        return self.links
+
+    async def wait_connected(self, timeout_s: float = 10.0) -> None:
+        """Wait until every broker link is connected (and subscribed)."""
+        for link in self.links:
+            await link.wait_connected(timeout_s)
+
+    async def publish_retained(self, topic: str, payload: bytes) -> None:
+        """Publish a desired state retained, QoS 1, on every broker the hub is linked to."""
+        if not self.links:
+            raise HubError("no broker link to publish desired state on")
+        down = [str(link.url) for link in self.links if not link.connected.is_set()]
+        if down:
+            raise HubError(f"broker {down[0]} is not connected")
+        await asyncio.gather(*(link.publish(topic, payload, qos=1, retain=True) for link in self.links))
+
+    async def aclose(self) -> None:
+        """Close every link (idempotent)."""
+        links, self.links = self.links, []
+        for link in links:
+            await link.aclose()
