@@ -121,6 +121,7 @@ class Agent:
         self.core = ServingCore(config, metrics=self.metrics)
         self.http = make_app(self.core, self.metrics, config.http)
         self.metrics.watch(self._queue_rows, self._model_ready)
+        # Set once the fleet side started (None: standalone, no [fleet], or its identity could not be read).
         self.fleet: FleetService | None = None
         self.reconciler: Reconciler | None = None
         self._startup: asyncio.Task[None] | None = None

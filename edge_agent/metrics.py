@@ -92,7 +92,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self._route_children: dict[tuple[str, str], Counter] = {}
+        self._outcome_children: dict[tuple[str, str], Counter] = {}
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
         self._batch_children: dict[str, tuple[Histogram, Histogram]] = {}
@@ -126,9 +126,9 @@ class Metrics:
 
     def observe_outcome(self, model: str, outcome: str) -> None:
         """Count one request by where it went (local, cloud, rejected, expired): the `route` label."""
-        child = self._route_children.get((model, outcome))
+        child = self._outcome_children.get((model, outcome))
         if child is None:
-            child = self._route_children[(model, outcome)] = self.routes.labels(model, outcome)
+            child = self._outcome_children[(model, outcome)] = self.routes.labels(model, outcome)
         child.inc()
 
     def set_pool_state(self, pool: str, state: str) -> None:

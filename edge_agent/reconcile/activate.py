@@ -63,7 +63,7 @@ class Activator:
         return model is not None and model.ready
 
     async def prepare(self, name: str, version: str, on_phase: PhaseCallback | None = None) -> None:
-        """Load the installed version into the serving core and warm it up (not routed to yet)."""
+        """Load the installed version into the serving core and warm it up (not served yet)."""
         if self.loaded(name, version):
             return
         if version in self.core.models().get(name, {}):
@@ -110,7 +110,7 @@ class Activator:
         return old if old != version else None
 
     async def retire(self, name: str, version: str) -> None:
-        """Unload a version that is no longer routed to, after in-flight requests finished; then delete
+        """Unload a version that is no longer served, after in-flight requests finished; then delete
         versions older than active and previous from disk (those two stay for an instant rollback)."""
         await asyncio.sleep(self.drain_grace_s)
         pinned = {p.version for p in self.core.pipelines().values() if p.model == name and p.version is not None}
