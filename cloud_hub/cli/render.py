@@ -10,8 +10,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cloud_hub.store.summary import decode_summary
-
 
 def when(ts: float | None) -> str:
     """A Unix time as a short local date-time, or '-'."""
@@ -40,6 +38,9 @@ def load(last_load: dict[str, Any] | None) -> str:
     """CPU and per-pipeline request rate and p99 of the latest report."""
     if not last_load:
         return "-"
+    # Here, not at the top: importing cloud_hub.store loads SQLAlchemy, which `cloud-hub --help` need not wait for.
+    from cloud_hub.store.summary import decode_summary
+
     dev = last_load.get("device", {})
     parts = [f"cpu {dev.get('cpu_percent', 0):.0f}%"]
     if dev.get("gpu_util_percent") is not None:
