@@ -79,7 +79,10 @@ class Hub:
         )
         # Issue 6: model registry, desired state and the rollout orchestrator (an owned task).
         self.registry = ModelRegistry(self.store, self.identity, self.url)
-        self.desired = DesiredWriter(self.store, Topics(config.topic_prefix), self.broker.publish_retained)
+        # Desired state goes out on the broker links whether or not this hub ingests; with no broker
+        # configured there is nothing to publish on: states stay unpublished until a hub with a broker retries them.
+        publish = self.broker.publish_retained if config.brokers else None
+        self.desired = DesiredWriter(self.store, Topics(config.topic_prefix), publish)
         self.orchestrator = Orchestrator(self.registry, self.desired, live=self.fleet)
         self.rollouts = RolloutService(self.orchestrator)
 
