@@ -9,6 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from cloud_hub.store.summary import decode_summary
 from deploy.local.demo.state import DemoState, Step
 from deploy.local.demo.traffic import Traffic
 
@@ -28,14 +29,10 @@ def _versions(device: dict[str, Any]) -> str:
 
 
 def _rps(pipelines: object) -> float:
-    """Requests/s summed over a device's pipelines: {name: {rps}} as the hub keeps it, or LoadReport rows."""
-    rows = pipelines.values() if isinstance(pipelines, dict) else pipelines if isinstance(pipelines, list) else []
-    total = 0.0
-    for row in rows:
-        if isinstance(row, dict):
-            value = row.get("rps", row.get("requests_per_s", 0.0))
-            total += float(value) if isinstance(value, int | float) else 0.0
-    return total
+    """Requests/s summed over a device's pipelines, from the hub's telemetry summary."""
+    if not isinstance(pipelines, dict):
+        return 0.0
+    return sum(p.rps for p in decode_summary(pipelines).values())
 
 
 def devices_table(state: DemoState) -> Table:
