@@ -35,6 +35,7 @@ __all__ = [
     "OffloadConfig",
     "PipelineSpec",
     "PoolEndpoint",
+    "SafetyCellConfig",
     "SchedulerConfig",
     "load_config",
 ]
@@ -188,6 +189,54 @@ class FleetConfig(BaseModel):
     )
 
 
+class SafetyCellConfig(_Config):
+    """The safety cell: safety-class pipelines in a process of their own, with their own listener and runtime
+    sessions, at a higher OS priority than the process serving everything else (see docs/scheduling.md).
+
+    Used by `edge-agent serve --config` when the config has safety pipelines and is not standalone.
+    """
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Run safety pipelines in the cell process; false = one process for everything (no isolation: "
+            "a CPU gateway with no safety pipelines always runs one process)."
+        ),
+    )
+    host: str = Field(default="127.0.0.1", description="Address of the cell's own V2 listener.")
+    port: int = Field(default=8001, ge=0, le=65535, description="TCP port of the cell's listener; 0 picks a free one.")
+    unix_socket: Path | None = Field(
+        default=None, description="Also listen on this Unix socket (V2 over HTTP; local apps, no TCP stack)."
+    )
+    nice: int = Field(
+        default=-10,
+        ge=-20,
+        le=19,
+        description="Nice value of the cell (negative needs root or CAP_SYS_NICE; refused = logged, left at 0).",
+    )
+    sched_rr_priority: int | None = Field(
+        default=None,
+        ge=1,
+        le=99,
+        description=(
+            "Run the cell under SCHED_RR at this real-time priority (needs CAP_SYS_NICE); None = normal "
+            "scheduling at `nice`. Real-time Python can starve the rest of the device: use with a CPU quota."
+        ),
+    )
+    oom_score_adj: int = Field(
+        default=-900, ge=-1000, le=1000, description="OOM-killer bias of the cell (negative needs root)."
+    )
+    main_nice: int = Field(
+        default=5, ge=-20, le=19, description="Nice value of the process serving every other pipeline."
+    )
+    main_oom_score_adj: int = Field(
+        default=500, ge=-1000, le=1000, description="OOM-killer bias of the main process: killed before the cell."
+    )
+    restart_backoff_s: tuple[PositiveFloat, PositiveFloat] = Field(
+        default=(0.5, 10.0), description="First and longest wait before a crashed process is restarted."
+    )
+
+
 class AgentConfig(_Config):
     """Everything `edge-agent serve` needs; fleet sections (MQTT, provisioning) are added by their owners."""
 
@@ -243,6 +292,9 @@ class AgentConfig(_Config):
         description="Cloud GPU pools for overflow ([[pools]] name, url, models); ignored if standalone.",
     )
     offload: OffloadConfig = Field(default_factory=OffloadConfig, description="Offload client and circuit breaker.")
+    safety_cell: SafetyCellConfig = Field(
+        default_factory=SafetyCellConfig, description="Safety pipelines in a process and listener of their own."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:
@@ -256,6 +308,9 @@ class AgentConfig(_Config):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate pipeline names: {dupes}")
+        cell = self.safety_cell
+        if cell.enabled and cell.port != 0 and cell.port == self.http.port and cell.host == self.http.host:
+            raise ValueError(f"safety_cell.port {cell.port} is also http.port: give the cell a port of its own")
         pools = [p.name for p in self.pools]
         if len(set(pools)) != len(pools):
             raise ValueError(f"duplicate pool names: {sorted({n for n in pools if pools.count(n) > 1})}")
