@@ -35,7 +35,6 @@ __all__ = [
 _INT_RANGE: Final[dict[str, tuple[int, int]]] = {
     d: (int(np.iinfo(t).min), int(np.iinfo(t).max)) for d, t in _DTYPES.items() if t.kind in "iu"
 }
-_REQUEST_KEYS: Final = frozenset({"id", "parameters", "inputs", "outputs"})
 _TENSOR_KEYS: Final = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_KEYS: Final = frozenset({"name", "parameters"})
 # numpy 1.x arrays have at most 32 dimensions (2.x: 64) and dimensions fit an int64: beyond either, numpy
@@ -76,10 +75,9 @@ def decode_request(
     """Decode an infer request body; `header_length` is Inference-Header-Content-Length or None."""
     if header_length == 0:
         return _decode_raw(body, raw_input)
+    # Unknown top-level fields are ignored, as Triton does and the OIP schema allows: KServe's SDK sends
+    # `model_name`. Tensor and output objects stay strict (a misspelt field there changes the meaning).
     header, pos = _header(body, header_length, "request")
-    extra = header.keys() - _REQUEST_KEYS
-    if extra:
-        raise CodecError(f"request has unknown field(s) {sorted(extra)}")
     request_id = header.get("id")
     if request_id is not None and type(request_id) is not str:
         raise CodecError("request 'id' must be a string")

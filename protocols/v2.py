@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from protocols.common import WireModel
 from protocols.datatypes import Datatype
@@ -49,8 +49,10 @@ class RequestedOutput(WireModel):
 
 
 class InferRequest(WireModel):
-    """Body (JSON part) of POST v2/models/{model}[/versions/{version}]/infer."""
+    """Body (JSON part) of POST v2/models/{model}[/versions/{version}]/infer; other top-level fields (KServe's
+    `model_name`) are ignored, as Triton does."""
 
+    model_config = ConfigDict(frozen=True, extra="ignore")
     id: str | None = Field(default=None, description="Request identifier, echoed in the response.")
     parameters: Parameters | None = Field(
         default=None,

@@ -43,7 +43,18 @@ _HEADER_LENGTH = {
     "description": "Length of the JSON header when binary tensor data follows it; 0 = raw binary request.",
     "schema": {"type": "integer", "minimum": 0},
 }
-_HEALTH = {"200": {"description": "Yes (empty body)."}, "400": {"description": "No (empty body)."}}
+
+
+def _flag(key: str, *, name: bool = False) -> dict[str, Any]:
+    """Health bodies as the OIP REST spec gives them: `{"live": bool}`, `{"ready": bool}`, `{"name", "ready"}`."""
+    props: dict[str, Any] = {key: {"type": "boolean"}}
+    if name:
+        props["name"] = {"type": "string"}
+    schema = {"type": "object", "required": sorted(props), "properties": props}
+    return {
+        "200": {"description": "Yes.", "content": {"application/json": {"schema": schema}}},
+        "400": {"description": "No.", "content": {"application/json": {"schema": schema}}},
+    }
 
 
 def _infer_op(params: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,11 +92,11 @@ def openapi_document() -> dict[str, Any]:
         ref_template=_REF,
     )
     meta = {"200": _json("ModelMetadata", "Model metadata."), **_errors(404)}
-    ready = {**_HEALTH, **_errors(404)}
+    ready = {**_flag("ready", name=True), **_errors(404)}
     paths: dict[str, Any] = {
         "/v2": {"get": {"summary": "Server metadata.", "responses": {"200": _json("ServerMetadata", "Metadata.")}}},
-        "/v2/health/live": {"get": {"summary": "Liveness.", "responses": _HEALTH}},
-        "/v2/health/ready": {"get": {"summary": "Readiness: every model warmed up.", "responses": _HEALTH}},
+        "/v2/health/live": {"get": {"summary": "Liveness.", "responses": _flag("live")}},
+        "/v2/health/ready": {"get": {"summary": "Readiness: every model warmed up.", "responses": _flag("ready")}},
         "/v2/models/{model}": {"get": {"summary": "Model metadata.", "parameters": [_MODEL], "responses": meta}},
         "/v2/models/{model}/versions/{version}": {
             "get": {"summary": "Model version metadata.", "parameters": [_MODEL, _VERSION], "responses": meta}

@@ -24,8 +24,9 @@ POOL_HEADER = "X-Edgefleet-Pool"  # the pool's name, when cloud
 ROUTE_PARAMETER = "edgefleet_route"  # the same, as a V2 response parameter
 
 
-def _json(obj: object) -> web.Response:
-    return web.Response(body=json.dumps(obj, separators=(",", ":")).encode(), content_type=_JSON)
+def _json(obj: object, status: int = 200) -> web.Response:
+    body = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    return web.Response(status=status, body=body, content_type=_JSON)
 
 
 def _header_length(value: str | None) -> int | None:
@@ -120,13 +121,14 @@ async def server_metadata(request: web.Request) -> web.Response:
 
 
 async def live(request: web.Request) -> web.Response:
-    """GET v2/health/live: 200 while the process serves HTTP."""
-    return web.Response(status=200)
+    """GET v2/health/live: 200 `{"live": true}` (the OIP body; Triton's is empty) while the process serves HTTP."""
+    return _json({"live": True})
 
 
 async def ready(request: web.Request) -> web.Response:
-    """GET v2/health/ready: 200 once every model is warmed up, else 400 (as Triton)."""
-    return web.Response(status=200 if request.app[CORE_KEY].ready() else 400)
+    """GET v2/health/ready: 200 `{"ready": true}` once every model is warmed up, else 400 (as Triton)."""
+    is_ready = request.app[CORE_KEY].ready()
+    return _json({"ready": is_ready}, 200 if is_ready else 400)
 
 
 async def model_metadata(request: web.Request) -> web.Response:
@@ -137,9 +139,10 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 
 async def model_ready(request: web.Request) -> web.Response:
-    """GET v2/models/{model}[/versions/{version}]/ready: 200 if warmed up, else 400."""
+    """GET v2/models/{model}[/versions/{version}]/ready: 200 `{"name", "ready": true}` if warmed up, else 400."""
     target = request.app[CORE_KEY].resolve(request.match_info["model"], request.match_info.get("version"))
-    return web.Response(status=200 if target.model.ready else 400)
+    ready = target.model.ready
+    return _json({"name": request.match_info["model"], "ready": ready}, 200 if ready else 400)
 
 
 def routes() -> list[web.RouteDef]:

@@ -26,15 +26,16 @@ async def test_server_metadata_and_health(client: Client) -> None:
     resp = await client.get("/v2")
     meta = await resp.json()
     assert meta["name"] == "edgefleet-edge-agent" and "binary_tensor_data" in meta["extensions"]
-    for path in (
-        "/v2/health/live",
-        "/v2/health/ready",
-        "/v2/models/tiny-cnn/ready",
-        "/v2/models/tiny-cnn/versions/1/ready",
+    # The OIP REST bodies (KServe's SDK reads them; tritonclient looks only at the status).
+    for path, body in (
+        ("/v2/health/live", {"live": True}),
+        ("/v2/health/ready", {"ready": True}),
+        ("/v2/models/tiny-cnn/ready", {"name": "tiny-cnn", "ready": True}),
+        ("/v2/models/tiny-cnn/versions/1/ready", {"name": "tiny-cnn", "ready": True}),
     ):
         resp = await client.get(path)
         assert resp.status == 200, path
-        assert await resp.read() == b""
+        assert await resp.json() == body
 
 
 async def test_model_metadata_with_and_without_version(client: Client) -> None:
