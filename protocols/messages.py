@@ -113,7 +113,7 @@ class DeviceLoad(WireModel):
 
 
 class LoadReport(WireModel):
-    """Periodic load report on `telemetry` (QoS 0; buffered on disk while the broker is away)."""
+    """Periodic load report on `telemetry` (QoS 1; kept on disk until the hub's `TelemetryAck` names it)."""
 
     v: V = Field(default=1, description="Protocol version.")
     device_id: DeviceId = Field(description="Device id.")
@@ -124,6 +124,25 @@ class LoadReport(WireModel):
     pipelines: tuple[PipelineLoad, ...] = Field(default=(), description="Per-pipeline load.")
     device: DeviceLoad = Field(description="Device-wide load.")
     models: tuple[InstalledModel, ...] = Field(default=(), description="Installed model versions.")
+
+
+# A run of stored sequence numbers, first and last included.
+SeqRange = tuple[NonNegativeInt, NonNegativeInt]
+
+
+class TelemetryAck(WireModel):
+    """Hub -> device on `telemetry/ack` (QoS 1): these reports of one boot are in the hub's store.
+
+    Sent after the database commit (a report stored earlier and received again is acknowledged again);
+    the agent keeps each report on disk until an ack names it (docs/telemetry.md)."""
+
+    v: V = Field(default=1, description="Protocol version.")
+    device_id: DeviceId = Field(description="Device whose reports are acknowledged.")
+    boot_id: str = Field(min_length=1, max_length=64, description="Agent start the sequence numbers belong to.")
+    ranges: tuple[SeqRange, ...] = Field(
+        min_length=1, max_length=1024, description="Stored seqs as [first, last] runs, both included, ascending."
+    )
+    sent_at: float = Field(description="Unix time (s) the hub made the ack.")
 
 
 # --- desired / reported state ----------------------------------------------------------------------
@@ -255,6 +274,7 @@ MESSAGE_MODELS: tuple[type[WireModel], ...] = (
     DeviceBirth,
     DeviceOffline,
     LoadReport,
+    TelemetryAck,
     DesiredState,
     ReportedState,
     DeviceEvent,

@@ -52,6 +52,10 @@ class Topics:
         """Load report topic."""
         return self.device(device_id, "telemetry")
 
+    def telemetry_ack(self, device_id: str) -> str:
+        """Hub -> device acknowledgements of stored load reports (one level below `telemetry`)."""
+        return f"{self.telemetry(device_id)}/ack"
+
     def desired(self, device_id: str) -> str:
         """Retained hub -> device desired state topic."""
         return self.device(device_id, "desired")

@@ -18,6 +18,7 @@ from protocols.messages import (
     DeviceOffline,
     HardwareSummary,
     LoadReport,
+    TelemetryAck,
 )
 from protocols.pipeline import PipelineSpec
 from protocols.signature import ManifestSignature
@@ -81,3 +82,11 @@ def test_safety_pipeline_cannot_be_offloaded() -> None:
 def test_unsafe_names_rejected(name: str) -> None:
     with pytest.raises(ValidationError):
         PipelineSpec(name=name, model="m")
+
+
+def test_telemetry_ack_ranges_are_pairs_and_bounded() -> None:
+    ack = TelemetryAck(device_id="d", boot_id="b", ranges=((0, 4), (7, 7)), sent_at=1.0)
+    assert TelemetryAck.model_validate_json(ack.model_dump_json()) == ack
+    for bad in ((), ((1, 2, 3),), ((-1, 2),), tuple((i, i) for i in range(1025))):
+        with pytest.raises(ValidationError):
+            TelemetryAck(device_id="d", boot_id="b", ranges=bad, sent_at=1.0)  # type: ignore[arg-type]

@@ -25,6 +25,8 @@ def test_default_prefix_and_layout() -> None:
     assert Topics("acme/fleet").desired("x") == "acme/fleet/devices/x/desired"
     assert Topics().all_devices("state") == "edgefleet/v1/devices/+/state"
     assert Topics().shared("hub", "telemetry") == "$share/hub/edgefleet/v1/devices/+/telemetry"
+    # One level below telemetry: the hub's `devices/+/telemetry` subscription does not match it.
+    assert Topics().telemetry_ack("cam-01") == "edgefleet/v1/devices/cam-01/telemetry/ack"
 
 
 @pytest.mark.parametrize("bad", ["", "a/+/b", "#", "/lead", "trail/", "$SYS", "a//b"])
