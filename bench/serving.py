@@ -3,8 +3,13 @@
 Prints, per model and body encoding, lines such as
     serving tiny-mlp json: agent_rps=... bare_rps=... agent/bare=0.95 p50_ms=... p99_ms=...
     serving tiny-cnn binary: agent/raw_ort=0.82 ...
-and the agent's idle RSS and start-to-ready time. The server under test is pinned to one core and wrk to
-the other (taskset) when the machine has two or more, so the load generator does not steal the server's CPU.
+    serving tiny-mlp json: agent_cpu_ms_per_req=0.41 req_per_s=2325 bare_cpu_ms_per_req=... loadavg=0.52/0.40/0.31
+and the agent's idle RSS and start-to-ready time. Server CPU per request is the utime + stime the server
+process and its children (a safety cell supervisor has two) spent over the measured wrk run, read from
+/proc/<pid>/stat before and after it (bench/_proc.py), divided by the requests wrk saw answered; loadavg is
+/proc/loadavg right after that run: on a shared machine, read the figure next to it. The server under test
+is pinned to one core and wrk to the other (taskset) when the machine has two or more, so the load generator
+does not steal the server's CPU.
 Environment: BENCH_SECONDS (per wrk run, default 8), BENCH_CONNECTIONS (default 32).
 """
 
@@ -25,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bench._proc import loadavg, tree_cpu_s
 from deploy.local.procs import free_port
 from models.zoo import ZOO_PUBLIC_KEY_FILE, zoo_package_path
 from protocols.binary import encode_request
@@ -54,6 +60,14 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    server_cpu_s: float = float("nan")  # the server's process tree, over this run
+    loadavg: str = "-"  # /proc/loadavg right after the run
+
+    @property
+    def cpu_ms_per_req(self) -> float:
+        """Server CPU milliseconds per answered request."""
+        return self.server_cpu_s * 1000 / self.requests if self.requests else float("nan")
 
 
 def ensure_wrk() -> str:
@@ -125,7 +139,7 @@ def run_wrk(wrk: str, url: str, body_file: Path, header_length: int | None, seco
     if match is None:
         raise RuntimeError(f"wrk printed no RESULT line:\n{out}")
     requests, duration_us, p50, p99, errors = (int(g) for g in match.groups())
-    return WrkResult(requests / (duration_us / 1e6), p50 / 1000, p99 / 1000, errors)
+    return WrkResult(requests / (duration_us / 1e6), p50 / 1000, p99 / 1000, errors, requests)
 
 
 def raw_ort(model: str, version: str, shape: tuple[int, ...]) -> dict[int, float]:
@@ -182,14 +196,19 @@ def start_agent(port: int, model_dir: Path) -> subprocess.Popen[bytes]:
 
 
 def measure(
-    wrk: str, base: str, bodies: dict[tuple[str, str], tuple[Path, int | None]]
+    wrk: str, base: str, bodies: dict[tuple[str, str], tuple[Path, int | None]], server_pid: int
 ) -> dict[tuple[str, str], WrkResult]:
-    """wrk against every (model, encoding) on one server, after a short warm-up each."""
+    """wrk against every (model, encoding) on one server, after a short warm-up each; the server's process
+    tree CPU time is read around each measured run."""
     results: dict[tuple[str, str], WrkResult] = {}
     for (model, encoding), (path, length) in bodies.items():
         url = f"{base}/v2/models/{model}/infer"
         run_wrk(wrk, url, path, length, 1)
-        results[(model, encoding)] = run_wrk(wrk, url, path, length, SECONDS)
+        cpu_before = tree_cpu_s(server_pid)
+        result = run_wrk(wrk, url, path, length, SECONDS)
+        result.server_cpu_s = tree_cpu_s(server_pid) - cpu_before
+        result.loadavg = loadavg()
+        results[(model, encoding)] = result
     return results
 
 
@@ -216,7 +235,7 @@ def main() -> int:
         bare_proc = start_bare(port)
         try:
             _wait_port(port, bare_proc)
-            bare = measure(wrk, f"http://127.0.0.1:{port}", bodies)
+            bare = measure(wrk, f"http://127.0.0.1:{port}", bodies, bare_proc.pid)
         finally:
             stop(bare_proc)
 
@@ -226,7 +245,7 @@ def main() -> int:
             ready_s = wait_http(f"http://127.0.0.1:{port}/v2/health/ready", agent_proc)
             time.sleep(0.5)
             idle_rss = rss_mib(agent_proc.pid)
-            agent = measure(wrk, f"http://127.0.0.1:{port}", bodies)
+            agent = measure(wrk, f"http://127.0.0.1:{port}", bodies, agent_proc.pid)
             loaded_rss = rss_mib(agent_proc.pid)
         finally:
             stop(agent_proc)
@@ -254,6 +273,14 @@ def main() -> int:
             if a.errors or b.errors:
                 line += f" ERRORS agent={a.errors} bare={b.errors}"
             print(line, flush=True)
+    for model, _, _, _ in CASES:
+        for encoding in ("json", "binary"):
+            a, b = agent[(model, encoding)], bare[(model, encoding)]
+            print(
+                f"serving {model} {encoding}: agent_cpu_ms_per_req={a.cpu_ms_per_req:.3f} req_per_s={a.rps:.0f} "
+                f"bare_cpu_ms_per_req={b.cpu_ms_per_req:.3f} bare_req_per_s={b.rps:.0f} loadavg={a.loadavg}",
+                flush=True,
+            )
     print(f"serving agent: idle_rss_mib={idle_rss:.1f} loaded_rss_mib={loaded_rss:.1f} start_to_ready_s={ready_s:.2f}")
     failed = sum(r.errors for r in (*agent.values(), *bare.values()))
     return 1 if failed else 0
