@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
+from edge_agent.cell.follow import StoreFollower, read_store
+from edge_agent.cell.forward import CellClient, CombinedStats, Forwarder
+from edge_agent.cell.priority import apply as apply_priority
+from edge_agent.cell.roles import cell_config, main_config, safety_models, safety_names
+from edge_agent.cell.routes import cell_routes
 from edge_agent.config import AgentConfig, FleetConfig
 from edge_agent.fleet.identity import DeviceIdentity, client_ssl_context
 from edge_agent.fleet.link_metrics import LinkCollector
 from edge_agent.fleet.service import FleetService
 from edge_agent.http.app import make_app
+from edge_agent.http.auth import read_token
 from edge_agent.metrics import Metrics
 from edge_agent.reconcile.activate import Activator
 from edge_agent.reconcile.download import Downloader
@@ -32,16 +40,21 @@ from edge_agent.reconcile.reporter import Reporter
 from edge_agent.reconcile.state import ReconcileState
 from edge_agent.reconcile.verify import pinned_keys
 from edge_agent.serving.core import ServingCore
+from edge_agent.serving.stats import PipelineStatsSource
 from edge_agent.store import ModelStore, collect
+from models.package import ModelPackage
 from protocols.messages import InstalledModel, PoolEndpoint
 
-__all__ = ["Agent", "build_reconciler", "safety_activity", "serve"]
+__all__ = ["Agent", "Listeners", "build_reconciler", "safety_activity", "serve"]
 
 logger = logging.getLogger("edge_agent")
 log = logging.getLogger(__name__)
 
 STATE_SUBDIR = "reconcile"
 SHUTDOWN_TIMEOUT_S = 30.0
+
+Activity = Callable[[], tuple[int, bool]]
+Loader = Callable[[AgentConfig], tuple[list[ModelPackage], dict[str, str]]]
 
 
 def safety_activity(core: ServingCore, metrics: Metrics) -> tuple[int, bool]:
@@ -81,10 +94,12 @@ def build_reconciler(
     identity_dir: Path,
     state_dir: Path,
     ready: asyncio.Future[None],
+    activity: Activity | None = None,
 ) -> Reconciler:
     """A reconciler of `core`, subscribed to the service's desired state (blocking: reads files).
 
     `ready` completes once the models of the local store are loaded: the reconciler acts only after that.
+    `activity` tells the policy gate about safety traffic (default: the core's own safety pipelines).
     """
     identity = DeviceIdentity.load(identity_dir)
     keys = pinned_keys(identity.signing_keys)
@@ -99,7 +114,7 @@ def build_reconciler(
         downloader=Downloader(state.downloads, ssl_context),
         keys=keys,
         reporter=Reporter(link, link.topics, identity.device_id),
-        gate=PolicyGate(lambda: safety_activity(core, metrics)),
+        gate=PolicyGate(activity or (lambda: safety_activity(core, metrics))),
         ready=ready,
         pools=_pool_sink(core),
     )
@@ -112,14 +127,29 @@ class Agent:
     """One agent: its metrics, serving core and HTTP app, plus the fleet service and reconciler when the config
     has `[fleet]` and is not standalone. Running the HTTP app (`serve`, or a test client) runs them all.
 
+    `loader` reads the packages to serve (default: import model_dirs into the store and read it); the main
+    process of a safety cell passes the cell's `activity` and `cell_pipelines` (and sets `telemetry_stats`).
     Raises ConfigError when http.token_file is set but unusable.
     """
 
-    def __init__(self, config: AgentConfig, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        metrics: Metrics | None = None,
+        loader: Loader = collect,
+        activity: Activity | None = None,
+        cell_pipelines: frozenset[str] = frozenset(),
+    ) -> None:
         self.config = config
+        self._cell_pipelines = cell_pipelines
+        self._loader = loader
+        self._activity = activity
         self.metrics = metrics if metrics is not None else Metrics()
         self.core = ServingCore(config, metrics=self.metrics)
         self.http = make_app(self.core, self.metrics, config.http)
+        # What telemetry reports: this core's pipelines (the main process of a safety cell adds the cell's).
+        self.telemetry_stats: PipelineStatsSource = self.core.stats
         self.metrics.watch(self._queue_rows, self._model_ready)
         # Set once the fleet side started (None: standalone, no [fleet], or its identity could not be read).
         self.fleet: FleetService | None = None
@@ -154,12 +184,12 @@ class Agent:
         ]
 
     def _pipelines(self) -> list[str]:
-        return sorted(self.core.pipelines())
+        return sorted(set(self.core.pipelines()) | self._cell_pipelines)
 
     # --- the owned services ----------------------------------------------------------------------
 
     async def _load(self) -> None:
-        packages, active = await asyncio.to_thread(collect, self.config)
+        packages, active = await asyncio.to_thread(self._loader, self.config)
         await self.core.start(packages, active)
 
     async def _serving_ctx(self, _app: web.Application) -> AsyncIterator[None]:
@@ -186,7 +216,7 @@ class Agent:
                 FleetService.from_config,
                 fleet,
                 state_dir,
-                stats=self.core.stats,
+                stats=self.telemetry_stats,
                 models=self._installed,
                 pipelines=self._pipelines,
             )
@@ -203,6 +233,7 @@ class Agent:
             identity_dir=fleet.identity_dir,
             state_dir=state_dir,
             ready=self.startup,
+            activity=self._activity,
         )
         self.fleet, self.reconciler = service, reconciler
         self.metrics.registry.register(LinkCollector(service.link, lambda: reconciler.stale_revisions))
@@ -215,7 +246,20 @@ class Agent:
             await service.aclose()
 
 
-def _bound_port(site: web.TCPSite) -> int | None:
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    """How a supervised child serves: the listening sockets its supervisor bound, and where it tells it is
+    ready (None everywhere: the one-process agent binds [http] itself)."""
+
+    role: str | None = None  # "cell" | "main" | None
+    listen_fd: int | None = None
+    unix_fd: int | None = None
+    ready_fd: int | None = None
+    cell_url: str | None = None
+    cell_socket: Path | None = None
+
+
+def _bound_port(site: web.BaseSite) -> int | None:
     server = getattr(site, "_server", None)
     for sock in getattr(server, "sockets", None) or []:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -223,9 +267,80 @@ def _bound_port(site: web.TCPSite) -> int | None:
     return None
 
 
-async def serve(config: AgentConfig) -> int:
-    """Run the agent on its HTTP port until SIGTERM/SIGINT; the exit status (1 if the models failed to load)."""
-    agent = Agent(config)
+def _cell_agent(config: AgentConfig) -> Agent:
+    """The safety cell: its pipelines only, models read from the store, following the store's switches."""
+    cell = cell_config(config)
+    models = safety_models(config)
+    agent = Agent(cell, loader=lambda c: read_store(c, models))
+    agent.http.add_routes(cell_routes(agent.core, lambda: safety_activity(agent.core, agent.metrics)))
+    state_dir = cell.state_dir
+    assert state_dir is not None  # has_cell: never standalone, so state_dir is set
+
+    async def follow(_app: web.Application) -> AsyncIterator[None]:
+        follower = StoreFollower(agent.core, state_dir / "models", models)
+        follower.start()
+        yield
+        await follower.aclose()
+
+    agent.http.cleanup_ctx.append(follow)
+    return agent
+
+
+def _main_agent(config: AgentConfig, listeners: Listeners) -> Agent:
+    """The main process: every other pipeline; safety names forwarded to the cell, its load read from it."""
+    token = None if config.http.token_file is None else read_token(config.http.token_file)
+    assert listeners.cell_url is not None
+    client = CellClient(listeners.cell_url, listeners.cell_socket, token)
+    names = safety_names(config)
+    agent = Agent(main_config(config), activity=client.activity, cell_pipelines=names)
+    agent.telemetry_stats = CombinedStats(agent.core.stats, client)
+    forwarder = Forwarder(names, client)
+    agent.http.middlewares.insert(0, forwarder.middleware)
+
+    async def close(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        await forwarder.aclose()
+
+    agent.http.cleanup_ctx.append(close)
+    return agent
+
+
+async def _sites(runner: web.AppRunner, config: AgentConfig, listeners: Listeners) -> list[web.BaseSite]:
+    if listeners.listen_fd is None:
+        return [web.TCPSite(runner, config.http.host, config.http.port, shutdown_timeout=SHUTDOWN_TIMEOUT_S)]
+    sites: list[web.BaseSite] = [
+        web.SockSite(runner, socket.socket(fileno=listeners.listen_fd), shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    ]
+    if listeners.unix_fd is not None:
+        sites.append(web.SockSite(runner, socket.socket(fileno=listeners.unix_fd), shutdown_timeout=SHUTDOWN_TIMEOUT_S))
+    return sites
+
+
+def _ready_line(listeners: Listeners, config: AgentConfig, sites: list[web.BaseSite]) -> str:
+    port = _bound_port(sites[0]) or config.http.port
+    if listeners.role == "cell":
+        host = config.safety_cell.host
+        unix = "" if config.safety_cell.unix_socket is None else f" and unix:{config.safety_cell.unix_socket}"
+        return f"edge-agent safety cell serving on http://{host}:{port}{unix}"
+    return f"edge-agent ready on http://{config.http.host}:{port}"
+
+
+async def serve(config: AgentConfig, listeners: Listeners | None = None) -> int:
+    """Run the agent (or one supervised role of it) until SIGTERM/SIGINT; the exit status (1 if the models
+    failed to load)."""
+    listeners = listeners or Listeners()
+    if listeners.role == "cell":
+        cell = config.safety_cell
+        applied = apply_priority(nice=cell.nice, rr_priority=cell.sched_rr_priority, oom_score_adj=cell.oom_score_adj)
+        logger.info("safety cell: %s", applied)
+        agent = _cell_agent(config)
+    elif listeners.role == "main":
+        cell = config.safety_cell
+        applied = apply_priority(nice=cell.main_nice, rr_priority=None, oom_score_adj=cell.main_oom_score_adj)
+        logger.info("main process: %s", applied)
+        agent = _main_agent(config, listeners)
+    else:
+        agent = Agent(config)
     runner = web.AppRunner(agent.http, access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -233,8 +348,9 @@ async def serve(config: AgentConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, config.http.host, config.http.port, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await site.start()
+        sites = await _sites(runner, config, listeners)
+        for site in sites:
+            await site.start()
         startup = agent.startup
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({startup, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -242,10 +358,11 @@ async def serve(config: AgentConfig) -> int:
             if startup.exception() is not None:
                 print(f"edge-agent: start failed: {startup.exception()}", file=sys.stderr, flush=True)
                 return 1
-            port = _bound_port(site) or config.http.port
-            ready = agent.core.ready()
-            print(f"edge-agent ready on http://{config.http.host}:{port}", flush=True)
-            logger.info("ready=%s", ready)
+            print(_ready_line(listeners, config, sites), flush=True)
+            logger.info("ready=%s", agent.core.ready())
+            if listeners.ready_fd is not None:
+                os.write(listeners.ready_fd, b"ready\n")
+                os.close(listeners.ready_fd)
             await stopping
         else:
             startup.cancel()

@@ -55,8 +55,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (AgentError, ModelsError, ValueError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
-    from edge_agent.app import serve
+    from edge_agent.app import Listeners, serve
+    from edge_agent.cell.roles import has_cell
 
+    if args.role is not None:
+        from edge_agent.cell.priority import die_with_parent
+        from edge_agent.cell.supervisor import parent_pid
+
+        supervisor = parent_pid()
+        if supervisor is not None:
+            die_with_parent(supervisor)
+        listeners = Listeners(
+            role=args.role,
+            listen_fd=args.listen_fd,
+            unix_fd=args.unix_fd,
+            ready_fd=args.ready_fd,
+            cell_url=args.cell_url,
+            cell_socket=args.cell_socket,
+        )
+        return asyncio.run(serve(config, listeners))
+    if args.config is not None and has_cell(config):
+        from edge_agent.cell.supervisor import supervise
+
+        return supervise(config, args.config, args.log_level)
     return asyncio.run(serve(config))
 
 
@@ -90,6 +111,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
         default=60_000,
         help="deadline of every model (standalone; callers such as offloading agents send their own timeout)",
     )
+    # Internal: how the supervisor of a safety cell starts its two processes (docs/scheduling.md).
+    serve.add_argument("--role", choices=["cell", "main"], default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--unix-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--cell-url", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--cell-socket", type=Path, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     doctor = sub.add_parser("doctor", help="hardware report and runtime self-check on the zoo models")

@@ -42,7 +42,7 @@ LAYERS: dict[str, list[list[str]]] = {
         ["edge_agent.probe"],
         ["edge_agent.scheduler", "edge_agent.offload"],
         ["edge_agent.serving"],
-        ["edge_agent.http", "edge_agent.fleet", "edge_agent.reconcile"],
+        ["edge_agent.http", "edge_agent.fleet", "edge_agent.reconcile", "edge_agent.cell"],
         ["edge_agent.app"],
         ["edge_agent.doctor"],
         ["edge_agent.cli"],

@@ -255,6 +255,8 @@ class ServingCore:
     def resolve(self, name: str, version: str | None = None) -> Target:
         """Resolve a V2 model name (and optional version) to its pipeline and model; NotFound otherwise."""
         spec = self._pipelines.get(name)
+        if spec is None and not self.started and any(p.name == name for p in self.config.pipelines):
+            raise Unavailable(f"model {name!r} is not ready: the agent is loading its models")
         if spec is None:
             raise NotFound(f"unknown model {name!r}")
         versions = self._registry.versions(spec.model)

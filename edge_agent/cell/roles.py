@@ -1,0 +1,51 @@
+"""One agent config split into the safety cell's and the main process's (see docs/scheduling.md)."""
+
+from __future__ import annotations
+
+from edge_agent.config import AgentConfig, HttpConfig
+
+__all__ = ["cell_config", "has_cell", "main_config", "safety_models", "safety_names"]
+
+
+def safety_names(config: AgentConfig) -> frozenset[str]:
+    """V2 names of the safety-class pipelines."""
+    return frozenset(p.name for p in config.pipelines if p.priority == "safety")
+
+
+def safety_models(config: AgentConfig) -> frozenset[str]:
+    """Models the safety pipelines run."""
+    return frozenset(p.model for p in config.pipelines if p.priority == "safety")
+
+
+def has_cell(config: AgentConfig) -> bool:
+    """True when `serve` runs the safety cell: enabled, a fleet/store config (not standalone), safety pipelines."""
+    return config.safety_cell.enabled and not config.standalone and bool(safety_names(config))
+
+
+def cell_config(config: AgentConfig) -> AgentConfig:
+    """The cell's config: the safety pipelines only, on the cell's listener, no fleet link, no model import
+    (the main process owns the store; the cell only reads it), no models exposed under their own names."""
+    cell = config.safety_cell
+    return config.model_copy(
+        update={
+            "pipelines": [p for p in config.pipelines if p.priority == "safety"],
+            "http": HttpConfig(
+                host=cell.host,
+                port=cell.port,
+                max_body_bytes=config.http.max_body_bytes,
+                token_file=config.http.token_file,
+            ),
+            "model_dirs": [],
+            "expose_models": False,
+            "fleet": None,
+            "pools": [],
+        }
+    )
+
+
+def main_config(config: AgentConfig) -> AgentConfig:
+    """The main process's config: every pipeline but the safety ones (their names are forwarded to the cell);
+    the supervisor imported model_dirs into the store before starting either process."""
+    return config.model_copy(
+        update={"pipelines": [p for p in config.pipelines if p.priority != "safety"], "model_dirs": []}
+    )
