@@ -217,7 +217,8 @@ def main() -> int:
     wrk = ensure_wrk()
     print(
         f"# {CPUS} CPUs; pinning {PIN}: server on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU}; "
-        f"{CONNECTIONS} connections, {SECONDS} s per run; onnxruntime intra-op threads={THREADS}",
+        f"{CONNECTIONS} connections, {SECONDS} s per run; onnxruntime intra-op threads={THREADS}; "
+        f"loadavg before the run {loadavg()} (the bench itself keeps ~2 CPUs busy)",
         flush=True,
     )
     raw = {model: raw_ort(model, version, shape) for model, version, shape, _ in CASES}
