@@ -26,7 +26,6 @@ def test_unit_is_hardened() -> None:
         "ProtectHome": "yes",
         "PrivateTmp": "yes",
         "NoNewPrivileges": "yes",
-        "CapabilityBoundingSet": "",
         "SystemCallFilter": "@system-service",
         "Restart": "on-failure",
         "PrivateDevices": "no",
@@ -36,6 +35,9 @@ def test_unit_is_hardened() -> None:
         assert one.get(key) == value, f"{key}={one.get(key)!r}, expected {value!r}"
     assert set(one["RestrictAddressFamilies"].split()) <= {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}
     assert "RestartSec" in one and "TimeoutStopSec" in one
+    # Only what the safety cell's OS priority needs (nice/SCHED_RR, negative oom_score_adj).
+    assert set(one["CapabilityBoundingSet"].split()) == {"CAP_SYS_NICE", "CAP_SYS_RESOURCE"}
+    assert set(one["AmbientCapabilities"].split()) <= set(one["CapabilityBoundingSet"].split())
     allowed = " ".join(svc["DeviceAllow"])
     assert "nvidia" in allowed and "nvhost" in allowed and "/dev/nvmap" in allowed
     # The user the unit runs as is the one the sysusers file creates, in the group of the Jetson GPU nodes.
