@@ -32,7 +32,17 @@ class HubMetrics:
             "edgefleet_hub_ingest_dropped", "Messages or rows dropped, by reason", ["reason"], registry=r
         )
         self.duplicates = Counter(
-            "edgefleet_hub_ingest_duplicates", "Load reports ignored as already seen (boot_id, seq)", registry=r
+            "edgefleet_hub_ingest_duplicates",
+            "Load reports seen before (boot_id, seq): written again (the store skips them), acknowledged again",
+            registry=r,
+        )
+        self.acks_sent = Counter(
+            "edgefleet_hub_telemetry_acks", "TelemetryAck messages published (per device and boot, batched)", registry=r
+        )
+        self.acks_forgotten = Counter(
+            "edgefleet_hub_telemetry_acks_forgotten",
+            "Stored reports not acknowledged because too many acks waited for a broker (the agent resends)",
+            registry=r,
         )
         self.db_batches = Counter("edgefleet_hub_db_batches", "Ingest write transactions", registry=r)
         self.db_rows = Counter("edgefleet_hub_db_rows", "Telemetry rows written (before duplicates)", registry=r)

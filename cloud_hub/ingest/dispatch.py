@@ -110,10 +110,14 @@ class Dispatcher:
             raise Dropped("malformed", f"invalid load report: {exc.error_count()} errors") from exc
         self._check_id(device_id, report.device_id)
         boot_id, seq = report.boot_id, report.seq
-        if live.boot_id == boot_id and live.last_seq is not None and seq <= live.last_seq:
-            self.metrics.duplicates.inc()
-            return
         now = self.clock()
+        if live.boot_id == boot_id and live.last_seq is not None and seq <= live.last_seq:
+            # Seen before, or an older report resent because it was never acknowledged (it may have been lost
+            # on the way): written again, so the store's (device, boot_id, seq) key skips it if stored, and
+            # acknowledged after the commit either way. The live view keeps the newest report.
+            self.metrics.duplicates.inc()
+            self.writer.add_report((device_id, boot_id, seq, report.sent_at, now, summarize(report)))
+            return
         live.boot_id, live.last_seq, live.last_seen, live.load = boot_id, seq, now, report
         summary = summarize(report)
         self.writer.add_report((device_id, boot_id, seq, report.sent_at, now, summary))

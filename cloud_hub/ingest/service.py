@@ -16,6 +16,7 @@ from cloud_hub.config import HubConfig
 from cloud_hub.errors import ConfigError
 from cloud_hub.fleet.devices import DeviceService
 from cloud_hub.fleet.live import LiveFleet
+from cloud_hub.ingest.acks import AckPublisher
 from cloud_hub.ingest.dispatch import Dispatcher
 from cloud_hub.ingest.writer import BatchWriter
 from cloud_hub.metrics import HubMetrics
@@ -99,6 +100,8 @@ class IngestService:
             max_delay_s=config.batch_max_delay_ms / 1000,
             retention_s=config.telemetry_retention_s,
         )
+        self.acks = AckPublisher(self.topics, lambda: self.broker.links, metrics)
+        self.writer.on_committed = self.acks.committed
         self.dispatcher = Dispatcher(self.topics, fleet, self.writer, metrics, on_unknown=self._unknown)
         self.client_id = ""
         self._id_lock: int | None = None
@@ -113,6 +116,7 @@ class IngestService:
         persistent = self.config.mqtt_session_expiry_s > 0
         self._tasks.append(asyncio.create_task(self.writer.run(), name="ingest-writer"))
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="registry-refresh"))
+        self._tasks.append(asyncio.create_task(self.acks.run(), name="telemetry-acks"))
         await self.broker.start(
             subscriptions=subscriptions(self.topics, self.config.share_group),
             on_message=self.dispatcher.handle,
@@ -137,6 +141,7 @@ class IngestService:
         """Write what is buffered (acknowledging it), close the links, stop the tasks."""
         try:
             await self.writer.drain()
+            self.acks.publish_pending()
         except Exception:
             log.exception("final ingest flush failed")
         await self.broker.aclose()

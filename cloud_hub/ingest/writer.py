@@ -61,6 +61,8 @@ class BatchWriter:
         # Broker links acknowledging after commit (BrokerLink.take_acks): taken when a flush takes its batch,
         # released once that batch is written, so a crash never loses a message the broker counts delivered.
         self.ack_sources: list[Callable[[], Callable[[], None]]] = []
+        # Told every committed batch of telemetry rows (AckPublisher.committed: end-to-end acks to devices).
+        self.on_committed: Callable[[list[ReportRow]], None] | None = None
 
     # --- producers (sync, hot path) -----------------------------------------------------------------
 
@@ -178,6 +180,11 @@ class BatchWriter:
         else:
             self.metrics.db_batches.inc()
             self.metrics.db_rows.inc(len(rows))
+            if rows and self.on_committed is not None:
+                try:
+                    self.on_committed(rows)
+                except Exception:
+                    log.exception("telemetry commit listener failed")
         finally:
             # Acknowledged after a failed write too: the batch is dropped and counted, as ingest never stalls
             # on the database (not acknowledging would only fill the broker's in-flight window).
