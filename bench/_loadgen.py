@@ -5,13 +5,14 @@ overload is real) or with a fixed number of clients (closed loop, to measure cap
 streams instead of aiohttp keep the generator's own CPU cost low. Usage:
     python -m bench._loadgen SPEC.json   -> prints one JSON result line
 SPEC: {"host", "port", "duration_s", "streams": [{"name", "path", "body_file", "header_length",
-        "rate" | "clients", "timeout_s", "port"?}]}
+        "rate" | "clients", "timeout_s", "port"?}]}   (other keys are the launcher's and ignored here)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ async def run(spec: dict[str, Any], bodies: dict[str, bytes]) -> dict[str, Any]:
     if tasks:
         await asyncio.wait(tasks)
     elapsed = time.perf_counter() - start
-    out: dict[str, Any] = {"elapsed_s": elapsed, "streams": {}}
+    # The generator's own nice value, as the OS applied it (bench/overload.py runs the safety stream above the flood).
+    out: dict[str, Any] = {"elapsed_s": elapsed, "nice": os.getpriority(os.PRIO_PROCESS, 0), "streams": {}}
     for stream in streams:
         for _, writer in stream.idle:
             writer.close()
