@@ -35,12 +35,17 @@ class LoadedModel:
     # (name, datatype, dtype, spec shape) per input, in manifest order.
     checks: tuple[tuple[str, str, np.dtype[Any], tuple[int, ...]], ...] = field(init=False)
     output_names: tuple[str, ...] = field(init=False)
+    text_inputs: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.key = QueueKey(self.manifest.name, self.manifest.version)
         self.label = str(self.key)
         self.checks = tuple((t.name, t.datatype, numpy_dtype(t.datatype), t.shape) for t in self.manifest.inputs)
         self.output_names = tuple(t.name for t in self.manifest.outputs)
+        # onnxruntime's string tensors carry text: BYTES that are not UTF-8 are refused per request (400),
+        # not in the batch, where they would fail every request batched with them.
+        onnx = self.manifest.format == "onnx"
+        self.text_inputs = tuple(t.name for t in self.manifest.inputs if onnx and t.datatype == "BYTES")
 
     @property
     def name(self) -> str:
@@ -73,6 +78,8 @@ class LoadedModel:
         if len(inputs) != len(self.checks):
             extra = sorted(set(inputs) - {c[0] for c in self.checks})
             raise InvalidInput(f"unexpected input(s) {extra} for model {self.label!r}")
+        for name in self.text_inputs:
+            _check_text(name, inputs[name])
         if not batching:
             return 1
         if rows < 1 or rows > self.max_batch_size:
@@ -88,6 +95,15 @@ class LoadedModel:
             "inputs": [_tensor_meta(t) for t in self.manifest.inputs],
             "outputs": [_tensor_meta(t) for t in self.manifest.outputs],
         }
+
+
+def _check_text(name: str, array: np.ndarray[Any, Any]) -> None:
+    for i, item in enumerate(array.reshape(-1).tolist()):
+        if isinstance(item, bytes):
+            try:
+                item.decode()
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input {name!r}: BYTES element {i} is not UTF-8 text, as the model needs") from None
 
 
 class ModelRegistry:

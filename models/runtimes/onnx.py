@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import RuntimeFailure, RuntimeUnavailable
+from models.errors import InputError, RuntimeFailure, RuntimeUnavailable
 from models.runtimes.base import InputValidator, Runtime, RuntimeInfo, Tensors
 from models.runtimes.config import OnnxRuntimeConfig, OrtProvider
 from protocols.manifest import Manifest, TensorSpec
@@ -79,6 +79,10 @@ class OnnxRuntime(Runtime):
         self._validate = InputValidator(manifest)
         self._input_names = frozenset(t.name for t in manifest.inputs)
         self._output_names = [t.name for t in manifest.outputs]
+        # V2 BYTES are `bytes`; onnxruntime's Python binding takes and gives `str` for tensor(string) (it
+        # would turn b"x" into the text "b'x'"), so string tensors are converted at this boundary.
+        self._string_inputs = tuple(t.name for t in manifest.inputs if t.datatype == "BYTES")
+        self._string_outputs = tuple(t.name for t in manifest.outputs if t.datatype == "BYTES")
 
     @property
     def info(self) -> RuntimeInfo:
@@ -163,15 +167,48 @@ class OnnxRuntime(Runtime):
         if session is None:
             raise RuntimeFailure("runtime is not loaded")
         feeds = self._validate(inputs)
+        for name in self._string_inputs:
+            feeds[name] = _to_text(name, feeds[name])
         try:
             results = session.run(self._output_names, feeds)
         except Exception as exc:
             raise RuntimeFailure(f"onnxruntime failed: {exc}") from exc
-        return dict(zip(self._output_names, results, strict=True))
+        outputs = dict(zip(self._output_names, results, strict=True))
+        for name in self._string_outputs:
+            outputs[name] = _to_bytes(outputs[name])
+        return outputs
 
     async def unload(self) -> None:
         """Drop the session."""
         self._session = None
+
+
+def _to_text(name: str, array: np.ndarray) -> np.ndarray:
+    """An object array of UTF-8 `bytes` (or `str`) as `str`, the only string type onnxruntime reads as is."""
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1).tolist()):
+        if isinstance(item, bytes):
+            try:
+                flat[i] = item.decode()
+            except UnicodeDecodeError:
+                raise InputError(
+                    f"input {name!r}: BYTES element {i} is not UTF-8 (onnxruntime string tensors hold text)"
+                ) from None
+        elif isinstance(item, str):
+            flat[i] = item
+        else:
+            raise InputError(f"input {name!r}: BYTES element {i} is {type(item).__name__}, not bytes")
+    return out
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    """onnxruntime's `str` elements back as UTF-8 `bytes` (V2 BYTES)."""
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1).tolist()):
+        flat[i] = item.encode() if isinstance(item, str) else item
+    return out
 
 
 def _check_spec(kind: str, spec: TensorSpec, actual: dict[str, str]) -> None:

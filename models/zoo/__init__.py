@@ -1,6 +1,7 @@
 """The model zoo: small signed packages committed to the repo for tests, the demo and benchmarks.
 
-Regenerate with `python -m models.zoo.export` (needs torch). Using the packages needs only onnxruntime.
+Regenerate with `python -m models.zoo.export` (needs torch; `--reuse-onnx` re-signs the committed torch models
+without it). Using the packages needs only onnxruntime.
 """
 
 from __future__ import annotations
@@ -22,8 +23,14 @@ __all__ = [
 ZOO_DIR = Path(__file__).resolve().parent
 PACKAGES_DIR = ZOO_DIR / "packages"
 ZOO_PUBLIC_KEY_FILE = ZOO_DIR / "zoo-signing.pub"
-# (name, version) of every committed package; tiny-cnn 2 has other weights than 1 (rollout tests).
-ZOO_MODELS: tuple[tuple[str, str], ...] = (("tiny-cnn", "1"), ("tiny-cnn", "2"), ("tiny-mlp", "1"))
+# (name, version) of every committed package; tiny-cnn 2 has other weights than 1 (rollout tests); text-echo
+# is the string (BYTES) identity model.
+ZOO_MODELS: tuple[tuple[str, str], ...] = (
+    ("text-echo", "1"),
+    ("tiny-cnn", "1"),
+    ("tiny-cnn", "2"),
+    ("tiny-mlp", "1"),
+)
 
 
 def zoo_package_path(name: str, version: str | int) -> Path:
