@@ -29,6 +29,7 @@ from edge_agent.config import AgentConfig, FleetConfig
 from edge_agent.fleet.identity import DeviceIdentity, client_ssl_context
 from edge_agent.fleet.link_metrics import LinkCollector
 from edge_agent.fleet.service import FleetService
+from edge_agent.fleet.telemetry_metrics import TelemetryCollector
 from edge_agent.http.app import make_app
 from edge_agent.http.auth import read_token
 from edge_agent.metrics import Metrics
@@ -237,6 +238,7 @@ class Agent:
         )
         self.fleet, self.reconciler = service, reconciler
         self.metrics.registry.register(LinkCollector(service.link, lambda: reconciler.stale_revisions))
+        self.metrics.registry.register(TelemetryCollector(service.telemetry))
         await service.start()
         await reconciler.start()
         try:

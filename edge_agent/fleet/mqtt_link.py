@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 LinkState = Literal["idle", "connecting", "connected", "backoff", "auth_failed", "closed"]
 DesiredCallback = Callable[[DesiredState], Awaitable[None]]
 ConnectCallback = Callable[[], Awaitable[None]]
+TopicHandler = Callable[[bytes], None]
 Payload = bytes | str | BaseModel
 _DESIRED_QUEUE = 64
 
@@ -95,6 +96,7 @@ class DeviceLink:
         self._desired: asyncio.Queue[DesiredState] = asyncio.Queue(_DESIRED_QUEUE)
         self._desired_callbacks: list[DesiredCallback] = []
         self._connect_callbacks: list[ConnectCallback] = []
+        self._handlers: dict[str, TopicHandler] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._listener_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -126,6 +128,10 @@ class DeviceLink:
     def on_connected(self, callback: ConnectCallback) -> None:
         """Register an async callback run (as an owned task) after each connect + birth."""
         self._connect_callbacks.append(callback)
+
+    def subscribe(self, topic: str, handler: TopicHandler) -> None:
+        """Subscribe to `topic` (QoS 1) on every connect, before the birth; `handler(payload)` runs per message."""
+        self._handlers[topic] = handler
 
     async def wait_connected(self, timeout_s: float | None = None) -> None:
         """Wait until the link is connected; raises TimeoutError, or AuthenticationFailed if it gave up."""
@@ -265,6 +271,10 @@ class DeviceLink:
         reason = await session.subscribe(desired, 1, s.ack_timeout_s)
         if reason.is_failure:
             log.error("subscription to %s refused by the broker: %s", desired, reason)
+        for topic in self._handlers:
+            reason = await session.subscribe(topic, 1, s.ack_timeout_s)
+            if reason.is_failure:
+                log.error("subscription to %s refused by the broker: %s", topic, reason)
         await session.publish(state_topic, _encode(self._birth()), 1, True, s.ack_timeout_s)
         self.connections += 1
         self._set_state("connected")
@@ -290,6 +300,14 @@ class DeviceLink:
     # --- desired state ------------------------------------------------------------------------------
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        handler = self._handlers.get(message.topic)
+        if handler is not None:
+            try:
+                handler(bytes(message.payload))
+            except Exception:
+                self.callback_errors += 1
+                log.exception("handler of %s failed", message.topic)
+            return
         if not message.payload:
             self.cleared_desired += 1
             log.info("retained desired state on %s was cleared", message.topic)

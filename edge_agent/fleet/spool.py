@@ -6,8 +6,9 @@ a record that fails its length/checksum check (a torn write on a filesystem that
 counted. Keys grow monotonically, so file names sort oldest first. When the spool holds `max_records`
 or `max_bytes`, the oldest records are dropped to make room and counted in `dropped`.
 
-A record is removed only after the caller has delivered it (`remove`), so a crash mid-drain sends the
-record again on restart: consumers dedupe (the hub does, by boot_id + seq).
+A record is removed only after the caller has delivered it (`remove`; for telemetry: once the hub's
+end-to-end ack names it, edge_agent/fleet/outbox.py), so a crash before that sends the record again on
+restart: consumers dedupe (the hub does, by boot_id + seq).
 """
 
 from __future__ import annotations
@@ -135,6 +136,30 @@ class Spool:
                 log.warning("spool record %s is unreadable: discarded", key)
                 self.corrupt += 1
                 self._forget(key)
+
+    def held_keys(self) -> list[int]:
+        """The keys held, oldest first."""
+        with self._lock:
+            return list(self._keys)
+
+    def __contains__(self, key: int) -> bool:
+        with self._lock:
+            return key in self._sizes
+
+    def read(self, key: int) -> bytes | None:
+        """The payload of record `key`, or None if it is gone (dropped, removed) or unreadable (then discarded)."""
+        with self._lock:
+            if key not in self._sizes:
+                return None
+            try:
+                payload = _decode(self._path(key).read_bytes())
+            except FileNotFoundError:
+                payload = None
+            if payload is None:
+                log.warning("spool record %s is unreadable: discarded", key)
+                self.corrupt += 1
+                self._forget(key)
+            return payload
 
     def remove(self, key: int) -> None:
         """Delete a delivered record (no-op if it was already dropped)."""

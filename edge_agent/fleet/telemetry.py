@@ -1,43 +1,55 @@
-"""Periodic load reports: sent live while the link is up, spooled on disk while it is not.
+"""Periodic load reports, kept on disk until the hub acknowledges them end to end.
 
-Order is the invariant: a report goes out live only when the spool is empty; otherwise it joins the
-spool's tail, and the drainer sends the spool oldest-first at QoS 1, deleting each record only after its
-PUBACK. So reports reach the broker in sequence order, none is lost to an outage (up to the spool's
-bound, whose drops are counted), and none is sent twice except after a crash mid-drain, which the hub
-dedupes by (boot_id, seq). Everything here runs beside serving; serving never waits on it.
+Every report is written to the spool (fsynced) and then sent at QoS 1 by one sender task, oldest first, so
+reports leave in sequence order. A PUBACK is not enough to forget a report (a broker restart loses what it
+had not delivered to the hub, docs/telemetry.md): a record is deleted only when a `TelemetryAck` from the hub
+on `telemetry/ack` names its (boot_id, seq). Unacknowledged reports are sent again, go-back-N style:
 
-Live reports default to QoS 1 *without waiting* (`live_qos=1`): a QoS 0 report written in the instant
-the broker dies is lost without trace, which the fleet issue's "none lost" forbids. Each live report is
-kept in memory until its PUBACK; if the connection drops first it is moved to the spool, ahead of any
-newer report. `live_qos=0` gives plain fire-and-forget (the cheaper choice where an occasional loss at
-a disconnect is acceptable).
+- on every connect, everything unacknowledged counts as unsent, and the sender *probes*: it sends only the
+  oldest report and waits for an ack (so a backlog is not sent into a broker whose hub subscription is not
+  back yet, and arrives in order once it is);
+- any ack ends probing; then every unsent report goes out in order, new ones as they are made;
+- when the oldest unacknowledged report was sent `resend_after_s` ago (default 2.5 report intervals)
+  without an ack, all of them count as unsent again and the sender probes, with the wait doubling per
+  fruitless probe up to `max_resend_s`: a hub that is away costs one message per wait, not a storm.
+
+The hub dedupes by (device, boot_id, seq), so a resend is harmless. The spool's bounds hold: when it is
+full the oldest reports are dropped, acknowledged or not, and counted in `Spool.dropped` (exported as
+`edgefleet_fleet_telemetry_reports_total{outcome="dropped"}`). Everything here runs beside serving;
+serving never waits on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Literal, Self
+from typing import Self
+
+from pydantic import ValidationError
 
 from edge_agent.fleet.device_load import DeviceLoadSource
 from edge_agent.fleet.errors import FleetError
 from edge_agent.fleet.mqtt_link import DeviceLink
+from edge_agent.fleet.outbox import Outbox, Pending
 from edge_agent.fleet.seq import SequenceCounter
 from edge_agent.fleet.spool import Spool
 from edge_agent.serving.stats import PipelineStatsSource
-from protocols.messages import InstalledModel, LoadReport
+from protocols.messages import InstalledModel, LoadReport, TelemetryAck
 
 log = logging.getLogger(__name__)
 
 ModelsSource = Callable[[], Sequence[InstalledModel]]
+RESEND_INTERVALS = 2.5  # default resend_after_s, in report intervals
+PUBLISH_RETRY_S = 1.0
 
 
 class TelemetryReporter:
-    """Owns the report ticker and the spool drainer; an async context manager."""
+    """Owns the report ticker and the sender; an async context manager."""
 
     def __init__(
         self,
@@ -50,7 +62,8 @@ class TelemetryReporter:
         interval_s: float,
         models: ModelsSource | None = None,
         boot_id: str | None = None,
-        live_qos: Literal[0, 1] = 1,
+        resend_after_s: float | None = None,
+        max_resend_s: float = 60.0,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if interval_s <= 0:
@@ -59,48 +72,51 @@ class TelemetryReporter:
         self.stats = stats
         self.load = load
         self.spool = spool
+        self.outbox = Outbox(spool)
         self.seq = seq
         self.interval_s = interval_s
         self.models = models
         self.boot_id = boot_id or uuid.uuid4().hex
-        self.live_qos = live_qos
-        self._inflight: dict[int, tuple[bytes, asyncio.Task[None]]] = {}
-        self._rescue_lock = asyncio.Lock()
-        self.rescued = 0
+        self.resend_after_s = resend_after_s or RESEND_INTERVALS * interval_s
+        self.max_resend_s = max(max_resend_s, self.resend_after_s)
         self._wall_clock = wall_clock
-        self._topic = link.topics.telemetry(link.settings.device_id)
+        device_id = link.settings.device_id
+        self._topic = link.topics.telemetry(device_id)
+        self._device_id = device_id
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.sent_live = 0
-        self.spooled = 0
-        self.drained = 0
+        self._probing = True
+        self._rto = self.resend_after_s  # current wait for an ack; doubles per fruitless probe
+        self._acked_keys: list[int] = []
+        self._retry_at = 0.0
+        self.spooled = 0  # reports made and written to the spool (all of them)
+        self.sent = 0  # first sends on a connection
+        self.resent = 0  # sends of a report already sent once by this process
+        self.acked = 0  # reports the hub acknowledged (then deleted)
+        self.timeouts = 0  # times the oldest report waited `resend_after_s` (or longer, backing off) in vain
+        self.bad_acks = 0  # ack messages that failed validation or named another device
         self.failed_reports = 0
         link.on_connected(self._on_connected)
+        link.subscribe(link.topics.telemetry_ack(device_id), self._on_ack)
 
     # --- life cycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the ticker and the drainer (idempotent)."""
+        """Start the ticker and the sender (idempotent)."""
         if not self._tasks:
-            self._wake.set()  # a spool left by a previous run drains as soon as the link is up
+            self._wake.set()  # reports left by a previous run go out as soon as the link is up
             self._tasks = [
                 asyncio.create_task(self._tick(), name="telemetry-tick"),
-                asyncio.create_task(self._drain(), name="telemetry-drain"),
+                asyncio.create_task(self._send_loop(), name="telemetry-send"),
             ]
 
     async def aclose(self) -> None:
-        """Stop both tasks; spooled (and still unacknowledged) reports stay on disk for the next start."""
+        """Stop both tasks; unacknowledged reports stay on disk for the next start."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._inflight:
-            await asyncio.wait([t for _, t in self._inflight.values()], timeout=2.0)
-        for seq, (payload, task) in list(self._inflight.items()):
-            del self._inflight[seq]
-            if not (task.done() and not task.cancelled() and task.exception() is None):
-                task.cancel()
-                await asyncio.to_thread(self.spool.append, payload)
+        await asyncio.to_thread(self._remove_acked)
 
     async def __aenter__(self) -> Self:
         self.start()
@@ -111,13 +127,18 @@ class TelemetryReporter:
     ) -> None:
         await self.aclose()
 
+    @property
+    def unacked(self) -> int:
+        """Reports on disk that the hub has not acknowledged."""
+        return len(self.outbox)
+
     # --- reports -----------------------------------------------------------------------------------
 
     async def report_once(self) -> LoadReport:
-        """Build one report and send or spool it (the ticker calls this every interval)."""
+        """Build one report, spool it and wake the sender (the ticker calls this every interval)."""
         device = await asyncio.to_thread(self.load.sample)
         report = LoadReport(
-            device_id=self.link.settings.device_id,
+            device_id=self._device_id,
             boot_id=self.boot_id,
             seq=await asyncio.to_thread(self.seq.next),
             sent_at=self._wall_clock(),
@@ -126,45 +147,10 @@ class TelemetryReporter:
             device=device,
             models=tuple(self.models()) if self.models is not None else (),
         )
-        await self._submit(report.seq, report.model_dump_json().encode())
-        return report
-
-    async def _submit(self, seq: int, payload: bytes) -> None:
-        await self._rescue()
-        if self.link.connected and self.spool.empty():
-            try:
-                if self.live_qos == 0:
-                    await self.link.publish(self._topic, payload, qos=0)
-                else:
-                    task = self.link.publish_nowait(self._topic, payload, qos=1)
-                    self._inflight[seq] = (payload, task)
-                    task.add_done_callback(self._live_done)
-            except FleetError as exc:
-                log.debug("live telemetry publish failed (%s): spooling", exc)
-            else:
-                self.sent_live += 1
-                return
-        await asyncio.to_thread(self.spool.append, payload)
+        await asyncio.to_thread(self.outbox.add, report.model_dump_json().encode(), report.boot_id, report.seq)
         self.spooled += 1
         self._wake.set()
-
-    def _live_done(self, task: asyncio.Task[None]) -> None:
-        # Retrieve the outcome here (no "exception never retrieved"); failures wake the drainer, which
-        # moves the report back to the spool. Acknowledged ones are forgotten by the next `_rescue`.
-        if task.cancelled() or task.exception() is not None:
-            self._wake.set()
-
-    async def _rescue(self) -> None:
-        """Move live reports whose connection dropped before PUBACK to the spool, oldest first."""
-        async with self._rescue_lock:
-            for seq, (payload, task) in list(self._inflight.items()):
-                if not task.done():
-                    break  # acks arrive in order; later ones are still in flight too
-                del self._inflight[seq]
-                if task.cancelled() or task.exception() is not None:
-                    await asyncio.to_thread(self.spool.append, payload)
-                    self.spooled += 1
-                    self.rescued += 1
+        return report
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,33 +165,96 @@ class TelemetryReporter:
                 self.failed_reports += 1
                 log.exception("telemetry report failed")
 
-    # --- spool drain ----------------------------------------------------------------------------------
+    # --- acknowledgements (on the loop, from the link's dispatch) -----------------------------------
 
-    async def _on_connected(self) -> None:
+    def _on_ack(self, payload: bytes) -> None:
+        try:
+            ack = TelemetryAck.model_validate_json(payload)
+            if ack.device_id != self._device_id:
+                raise ValueError(f"ack for {ack.device_id!r}")
+        except (ValidationError, ValueError) as exc:
+            self.bad_acks += 1
+            log.warning("telemetry ack dropped: %s", str(exc)[:300])
+            return
+        keys = self.outbox.ack(ack.boot_id, ack.ranges)
+        self.acked += len(keys)
+        self._acked_keys.extend(keys)
+        # The hub is listening: stop probing, wait the normal time again.
+        self._probing = False
+        self._rto = self.resend_after_s
         self._wake.set()
 
-    async def _drain(self) -> None:
+    async def _on_connected(self) -> None:
+        self.outbox.resend_all()
+        self._probing, self._rto = True, self.resend_after_s
+        self._wake.set()
+
+    def _remove_acked(self) -> None:
+        keys, self._acked_keys = self._acked_keys, []
+        for key in keys:
+            self.spool.remove(key)
+
+    # --- the sender ----------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
+            # While the link is down only a connect (or a new report) wakes the sender: nothing can go out.
+            timeout = self._next_due(loop.time()) if self.link.connected else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             try:
-                await self._drain_once()
+                if self._acked_keys:
+                    await asyncio.to_thread(self._remove_acked)
+                if self.link.connected:
+                    await self._send_due(loop)
             except Exception:
-                log.exception("telemetry spool drain failed")
-                await asyncio.sleep(1.0)
-                self._wake.set()
+                log.exception("telemetry sender failed")
+                self._retry_at = loop.time() + PUBLISH_RETRY_S
 
-    async def _drain_once(self) -> None:
-        await self._rescue()
-        while self.link.connected:
-            record = await asyncio.to_thread(self.spool.oldest)
-            if record is None:
+    def _next_due(self, now: float) -> float | None:
+        oldest = self.outbox.oldest()
+        times = [self._retry_at] if self._retry_at > now else []
+        if oldest is not None and oldest.sent_at is not None:
+            times.append(oldest.sent_at + self._rto)
+        return max(0.0, min(times) - now) if times else None
+
+    async def _send_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        if now < self._retry_at:
+            return
+        oldest = self.outbox.oldest()
+        if oldest is not None and oldest.sent_at is not None and now - oldest.sent_at >= self._rto:
+            # No ack in time: maybe lost between broker and hub. Go back to the oldest and probe.
+            self.timeouts += 1
+            if self._probing:
+                self._rto = min(self._rto * 2, self.max_resend_s)
+            self._probing = True
+            self.outbox.resend_all()
+        if self._probing:
+            if oldest is not None and oldest.sent_at is None:
+                await self._send(oldest, loop)
+            return
+        for entry in self.outbox.unsent():
+            if not self.link.connected or self._probing or not await self._send(entry, loop):
                 return
-            try:
-                await self.link.publish(self._topic, record.payload, qos=1)
-            except FleetError as exc:
-                # The link is down (or the broker refused): keep the record; the next connect wakes us.
-                log.info("telemetry drain paused with %s reports spooled: %s", len(self.spool), exc)
-                return
-            await asyncio.to_thread(self.spool.remove, record.key)
-            self.drained += 1
+
+    async def _send(self, entry: Pending, loop: asyncio.AbstractEventLoop) -> bool:
+        payload = await asyncio.to_thread(self.spool.read, entry.key)
+        if payload is None:
+            self.outbox.forget(entry)  # dropped (spool full) or unreadable meanwhile
+            return True
+        try:
+            await self.link.publish(self._topic, payload, qos=1)
+        except FleetError as exc:
+            # Link down (the next connect wakes us) or refused: retry later, the report stays on disk.
+            log.info("telemetry send paused with %s reports unacknowledged: %s", len(self.outbox), exc)
+            self._retry_at = loop.time() + PUBLISH_RETRY_S
+            return False
+        self.outbox.mark_sent(entry, loop.time())
+        if entry.sends > 1:
+            self.resent += 1
+        else:
+            self.sent += 1
+        return True

@@ -18,7 +18,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from rig import HUB_USERNAME, Mosquitto, TestPKI
 
 from edge_agent.fleet.mqtt_link import DeviceLink, LinkSettings
-from protocols.messages import DeviceBirth, HardwareSummary
+from protocols.messages import DeviceBirth, HardwareSummary, LoadReport, TelemetryAck
 
 HARDWARE = HardwareSummary(platform="x86_64-cpu", model="test", cpu_count=2, ram_mb=2048)
 
@@ -42,8 +42,12 @@ class HubWatcher:
         cn: str = HUB_USERNAME,
         persistent: bool = False,
         on_message: Callable[[HubWatcher, Received], None] | None = None,
+        ack_telemetry: bool = False,
     ) -> None:
         self.topics = topics
+        # Stands in for the hub's end-to-end acks (the hub is a boundary here): every load report received
+        # is acknowledged at once on its device's telemetry/ack topic while `acking` is true.
+        self.acking = ack_telemetry
         self.messages: list[Received] = []
         self.connects = 0
         self.subacks = 0
@@ -82,6 +86,12 @@ class HubWatcher:
         rec = Received(msg.topic, bytes(msg.payload), bool(msg.retain))
         with self._lock:
             self.messages.append(rec)
+        if self.acking and rec.topic.endswith("/telemetry"):
+            report = LoadReport.model_validate_json(rec.payload)
+            ack = TelemetryAck(
+                device_id=report.device_id, boot_id=report.boot_id, ranges=((report.seq, report.seq),), sent_at=0.0
+            )
+            client.publish(f"{rec.topic}/ack", ack.model_dump_json(), qos=1)
         if self._hook is not None:
             self._hook(self, rec)
 
