@@ -174,7 +174,9 @@ class Agent:
         return {str(key): rows for key, rows in self.core.queue_rows().items()}
 
     def _model_ready(self) -> dict[str, bool]:
-        return {m.label: m.ready for versions in self.core.models().values() for m in versions.values()}
+        ready = {m.label: m.ready for versions in self.core.models().values() for m in versions.values()}
+        failed = {f"{name}:{version}": False for name, vs in self.core.failures().items() for version in vs}
+        return {**failed, **ready}
 
     def _installed(self) -> list[InstalledModel]:
         core = self.core
@@ -269,11 +271,12 @@ def _bound_port(site: web.BaseSite) -> int | None:
     return None
 
 
-def _cell_agent(config: AgentConfig) -> Agent:
+def _cell_agent(config: AgentConfig, listeners: Listeners) -> Agent:
     """The safety cell: its pipelines only, models read from the store, following the store's switches."""
     cell = cell_config(config)
     models = safety_models(config)
     agent = Agent(cell, loader=lambda c: read_store(c, models))
+    agent.core.safety_cell_url = listeners.cell_url
     agent.http.add_routes(cell_routes(agent.core, lambda: safety_activity(agent.core, agent.metrics)))
     state_dir = cell.state_dir
     assert state_dir is not None  # has_cell: never standalone, so state_dir is set
@@ -296,6 +299,7 @@ def _main_agent(config: AgentConfig, listeners: Listeners) -> Agent:
     names = safety_names(config)
     agent = Agent(main_config(config), activity=client.activity, cell_pipelines=names)
     agent.telemetry_stats = CombinedStats(agent.core.stats, client)
+    agent.core.safety_cell_url = listeners.cell_url
     forwarder = Forwarder(names, client)
     agent.http.middlewares.insert(0, forwarder.middleware)
 
@@ -335,7 +339,7 @@ async def serve(config: AgentConfig, listeners: Listeners | None = None) -> int:
         cell = config.safety_cell
         applied = apply_priority(nice=cell.nice, rr_priority=cell.sched_rr_priority, oom_score_adj=cell.oom_score_adj)
         logger.info("safety cell: %s", applied)
-        agent = _cell_agent(config)
+        agent = _cell_agent(config, listeners)
     elif listeners.role == "main":
         cell = config.safety_cell
         applied = apply_priority(nice=cell.main_nice, rr_priority=None, oom_score_adj=cell.main_oom_score_adj)

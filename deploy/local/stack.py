@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
 from deploy.local.procs import HOST, Child, StackError, Supervisor, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,6 +112,17 @@ async def provision(sup: Supervisor, hub_dir: Path, device_id: str, labels: Mapp
     return found.group(1)
 
 
+async def safety_cell_url(agent_url: str, timeout_s: float = 5.0) -> str | None:
+    """The address of the agent's safety cell from its V2 server metadata; None when it runs no cell."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+        session.get(f"{agent_url}/v2") as answer,
+    ):
+        metadata = await answer.json()
+    url = metadata.get("parameters", {}).get("safety_cell_url")
+    return str(url) if url else None
+
+
 def agent_toml(
     agent_dir: Path,
     pipelines: Sequence[Pipeline],
@@ -146,6 +159,9 @@ def agent_toml(
     if fleet_link:
         lines += ["", "[fleet]", 'identity_dir = "identity"', *fleet_extra]
     lines += list(extra)
+    if any(p.priority == "safety" for p in pipelines) and "[safety_cell]" not in extra:
+        # The safety cell's listener on a free port (several agents run side by side); GET /v2 names it.
+        lines += ["", "[safety_cell]", "port = 0"]
     for p in pipelines:
         lines += ["", "[[pipelines]]", f'name = "{p.name}"', f'model = "{MODEL}"', f'priority = "{p.priority}"']
         lines.append(f"deadline_ms = {p.deadline_ms}")

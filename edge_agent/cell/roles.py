@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edge_agent.config import AgentConfig, HttpConfig
+from models.runtimes.config import RuntimeConfig, TensorRTConfig, TorchConfig
 
 __all__ = ["cell_config", "has_cell", "main_config", "safety_models", "safety_names"]
 
@@ -39,8 +40,18 @@ def cell_config(config: AgentConfig) -> AgentConfig:
             "expose_models": False,
             "fleet": None,
             "pools": [],
+            "runtime": _high_priority(config),
         }
     )
+
+
+def _high_priority(config: AgentConfig) -> RuntimeConfig:
+    """The runtime with a high-priority CUDA stream where the backend has one (TensorRT, torch); onnxruntime's
+    CUDA provider exposes no stream priority, so it runs as configured."""
+    runtime = config.runtime
+    if isinstance(runtime, TensorRTConfig | TorchConfig):
+        return runtime.model_copy(update={"stream_priority": "high"})
+    return runtime
 
 
 def main_config(config: AgentConfig) -> AgentConfig:

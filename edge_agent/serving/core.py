@@ -23,6 +23,7 @@ from edge_agent.scheduler.priority import BatchObserver, PriorityScheduler
 from edge_agent.scheduler.queue import Expired, QueueKey
 from edge_agent.serving.admission import Admission, Served, budget_s, effective_rank
 from edge_agent.serving.registry import LoadedModel, ModelRegistry
+from edge_agent.serving.startup import load_each
 from edge_agent.serving.stats import Outcome, PipelineStats
 from edge_agent.store import version_key
 from models.package import ModelPackage
@@ -81,6 +82,8 @@ class ServingCore:
             None if config.standalone else OffloadRouter(config.offload, config.pools, metrics=metrics)
         )
         self.started = False
+        # Where safety pipelines are served when they run in a safety cell (set by the app; V2 metadata says it).
+        self.safety_cell_url: str | None = None
 
     @property
     def scheduler(self) -> PriorityScheduler:
@@ -108,10 +111,11 @@ class ServingCore:
         self._admission = Admission(self._scheduler, self.router, margin_s=sched.admission_margin_ms / 1000.0)
         if self.router is not None:
             await self.router.start()
-        for pkg in packages:
-            await self.load(pkg)
+        for (name, version), reason in (await load_each(packages, self.load, self.unload)).items():
+            self._registry.fail(name, version, reason)  # not ready, reported; the other models serve
         self._registry.activate_defaults(active)
-        self._pipelines = self._build_pipelines()
+        failed = self._registry.failures()
+        self._pipelines = self._build_pipelines([p for p in self.config.pipelines if p.model not in failed])
         self._register_stats()
         self.started = True
         logger.info("serving %s pipeline(s): %s", len(self._pipelines), ", ".join(sorted(self._pipelines)))
@@ -244,6 +248,10 @@ class ServingCore:
         """Loaded models: name -> version -> model."""
         return self._registry.snapshot()
 
+    def failures(self) -> dict[str, dict[str, str]]:
+        """Models that failed to load or warm up at start: name -> version -> why (not served, not ready)."""
+        return self._registry.failures()
+
     def active_version(self, name: str) -> str | None:
         """The version new requests for model `name` go to."""
         return self._registry.active_version(name)
@@ -257,16 +265,16 @@ class ServingCore:
         spec = self._pipelines.get(name)
         if spec is None and not self.started and any(p.name == name for p in self.config.pipelines):
             raise Unavailable(f"model {name!r} is not ready: the agent is loading its models")
-        if spec is None:
-            raise NotFound(f"unknown model {name!r}")
+        if spec is None:  # Triton's texts (user code matches them); a pipeline over a failed model is 503
+            raise self._registry.unknown(next((p.model for p in self.config.pipelines if p.name == name), name))
         versions = self._registry.versions(spec.model)
         if version is None or version == "":
             version = spec.version or self._registry.active_version(spec.model)
         elif spec.version is not None and version != spec.version:
-            raise NotFound(f"model {name!r} serves only version {spec.version!r}, not {version!r}")
+            raise self._registry.unknown(name, version)
         model = versions.get(version) if version is not None else None
         if model is None:
-            raise NotFound(f"model {name!r} has no version {version!r}")
+            raise self._registry.unknown(name, version)
         return Target(spec, model)
 
     def shed(self, target: Target) -> None:
@@ -289,12 +297,18 @@ class ServingCore:
         return sorted(self._registry.versions(target.pipeline.model), key=version_key)
 
     def model_metadata(self, target: Target) -> dict[str, Any]:
-        """V2 model metadata of a resolved name."""
-        return target.model.metadata(target.pipeline.name, self.versions(target))
+        """V2 model metadata of a resolved name (a safety pipeline's names the safety cell's address)."""
+        metadata = target.model.metadata(target.pipeline.name, self.versions(target))
+        if self.safety_cell_url is not None and target.pipeline.priority == "safety":
+            metadata["parameters"] = {"safety_cell_url": self.safety_cell_url}
+        return metadata
 
     def server_metadata(self) -> dict[str, Any]:
-        """V2 server metadata."""
-        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+        """V2 server metadata (with `parameters.safety_cell_url` when safety pipelines run in a cell)."""
+        metadata: dict[str, Any] = {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+        if self.safety_cell_url is not None:
+            metadata["parameters"] = {"safety_cell_url": self.safety_cell_url}
+        return metadata
 
     def ready(self) -> bool:
         """True once started and every version that serves requests is warmed up.

@@ -70,6 +70,13 @@ class TensorRTConfig(_Config):
         ),
     )
     device_id: NonNegativeInt = Field(default=0, description="CUDA device index.")
+    stream_priority: Literal["normal", "high"] = Field(
+        default="normal",
+        description=(
+            "CUDA stream priority of inference: high = the device's greatest priority (the safety cell sets it), "
+            "so its kernels are scheduled ahead of normal-priority streams' pending work on the same GPU."
+        ),
+    )
 
 
 class TorchConfig(_Config):
@@ -81,6 +88,13 @@ class TorchConfig(_Config):
     )
     threads: PositiveInt | None = Field(
         default=None, description="torch.set_num_threads for CPU inference; None = torch's default."
+    )
+    stream_priority: Literal["normal", "high"] = Field(
+        default="normal",
+        description=(
+            "CUDA stream priority of inference: high = the device's greatest priority (the safety cell sets it), "
+            "so its kernels are scheduled ahead of normal-priority streams' pending work on the same GPU."
+        ),
     )
 
 

@@ -114,6 +114,16 @@ def _check(cudart: Any, result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else values
 
 
+def create_stream(cudart: Any, priority: str) -> Any:
+    """The runtime's CUDA stream; "high" = the greatest priority the device offers
+    (cudaDeviceGetStreamPriorityRange: lower numbers are higher priorities; a non-blocking stream)."""
+    if priority != "high":
+        return _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+    _least, greatest = _check(cudart, cudart.cudaDeviceGetStreamPriorityRange(), "cudaDeviceGetStreamPriorityRange")
+    flags = cudart.cudaStreamNonBlocking
+    return _check(cudart, cudart.cudaStreamCreateWithPriority(flags, greatest), "cudaStreamCreateWithPriority")
+
+
 def compute_capability(cudart: Any, device_id: int) -> str:
     """Compute capability of a CUDA device as "major.minor"."""
     attr = cudart.cudaDeviceAttr
@@ -322,7 +332,7 @@ class TensorRTRuntime(Runtime):
         """Execution context, stream, and device buffers sized for the largest batch."""
         cudart, engine = self._cudart, self._engine
         self._context = context = engine.create_execution_context()
-        self._stream = _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._stream = create_stream(cudart, self.config.stream_priority)
         shapes = profile_shapes(self.manifest, self.config.max_batch_size, self.config.opt_batch_size)
         for spec in self.manifest.inputs:
             if spec.name in shapes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import warnings
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ class TorchRuntime(Runtime):
         self._torch: Any = None
         self._module: Any = None
         self._device: Any = None
+        self._stream: Any = None  # a high-priority CUDA stream (stream_priority = "high" on a GPU), else None
         self._info: RuntimeInfo | None = None
 
     @property
@@ -68,6 +70,9 @@ class TorchRuntime(Runtime):
         loop = asyncio.get_running_loop()
         self._module = await loop.run_in_executor(None, self._load_module, torch, device)
         self._torch, self._device = torch, device
+        if device.type == "cuda" and self.config.stream_priority == "high":
+            # torch: lower numbers are higher priorities; -1 is the high priority on every CUDA device.
+            self._stream = torch.cuda.Stream(device=device, priority=-1)
         provider = str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
         logger.info(
             "model %s:%s runs on torch %s %s", self.manifest.name, self.manifest.version, torch.__version__, provider
@@ -102,7 +107,7 @@ class TorchRuntime(Runtime):
             raise RuntimeFailure("runtime is not loaded")
         feeds = self._validate(inputs)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), _on_stream(torch, self._stream):
                 args = [torch.from_numpy(_writable(feeds[n])).to(device) for n in self._input_names]
                 result = module(*args)
                 return self._collect(result)
@@ -129,6 +134,11 @@ class TorchRuntime(Runtime):
         if module is not None and self._device is not None and self._device.type == "cuda":
             del module
             self._torch.cuda.empty_cache()
+
+
+def _on_stream(torch: Any, stream: Any) -> contextlib.AbstractContextManager[Any]:
+    """Run on `stream` (the copies back to the host in _collect synchronise with it), or the default one."""
+    return contextlib.nullcontext() if stream is None else torch.cuda.stream(stream)
 
 
 def _writable(arr: np.ndarray) -> np.ndarray:

@@ -72,6 +72,7 @@ def start_pool(port: int) -> AgentProcess:
 def rig(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A pool process and an agent process whose config names it."""
     pool_port = free_port()
+    cell_port = free_port()
     pool = start_pool(pool_port)
     config = tmp_path / "agent.toml"
     config.write_text(
@@ -98,6 +99,9 @@ probe_interval_s = 0.1
 consecutive_failures = 3
 open_s = 0.5
 
+[safety_cell]
+port = {cell_port}
+
 [[pipelines]]
 name = "collision"
 model = "tiny-cnn"
@@ -117,7 +121,12 @@ url = "http://127.0.0.1:{pool_port}"
     )
     agent = start_agent(["serve", "--config", str(config)])
     pin(agent.proc.pid, AGENT_CPU)
-    state: dict[str, Any] = {"pool": pool, "pool_port": pool_port, "agent": agent}
+    state: dict[str, Any] = {
+        "pool": pool,
+        "pool_port": pool_port,
+        "agent": agent,
+        "cell": f"http://127.0.0.1:{cell_port}",
+    }
     yield state
     agent.stop()
     state["pool"].stop()
@@ -165,9 +174,10 @@ def best_effort_process(url: str, results: Any, stop: Any) -> None:
 class Load:
     """Best-effort load in a child process (enough to overload the device) and paced safety requests here."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str, safety_url: str) -> None:
         self.session = session
         self.url = url
+        self.safety_url = safety_url  # the safety cell's own listener
         self.safety = encode_request(inputs={"input": sample("tiny-cnn", 1, seed=2)})
         self.results: list[Result] = []
         ctx = multiprocessing.get_context("spawn")
@@ -192,7 +202,7 @@ class Load:
 
     async def safety_paced(self, count: int, interval_s: float = 0.02) -> None:
         for _ in range(count):
-            self.results.append(await post(self.session, self.url, "collision", self.safety))
+            self.results.append(await post(self.session, self.safety_url, "collision", self.safety))
             await asyncio.sleep(interval_s)
 
     def take(self) -> list[Result]:
@@ -225,7 +235,7 @@ async def test_overload_offloads_best_effort_keeps_safety_local_and_survives_the
     url = rig["agent"].url
     connector = aiohttp.TCPConnector(limit=4)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
-        load = Load(session, url)
+        load = Load(session, url, rig["cell"])
         try:
             # Baseline: safety alone.
             await load.safety_paced(SAFETY_SAMPLES)
@@ -291,4 +301,7 @@ async def test_overload_offloads_best_effort_keeps_safety_local_and_survives_the
             load.stop_best_effort()
         assert await metric(session, url, r'^edgefleet_pool_breaker_state\{pool="pool-a"\} (\S+)$') == 0.0
         safety_cloud = r'^edgefleet_routes_total\{model="collision",route="cloud"\} (\S+)$'
-        assert await metric(session, url, safety_cloud) == 0.0
+        assert (
+            await metric(session, rig["cell"], r'^edgefleet_routes_total\{model="collision",route="local"\} (\S+)$') > 0
+        )
+        assert await metric(session, rig["cell"], safety_cloud) == 0.0

@@ -3,6 +3,7 @@ higher OS priority) and a main process (everything else). Killing or stopping on
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -157,6 +158,10 @@ def test_both_addresses_serve_safety_and_the_cell_runs_at_higher_priority(
     assert status == 200 and headers["X-Edgefleet-Safety-Cell"] == cell_url
     assert _post(proc.url, "analytics")[0] == 200
     assert _post(cell_url, "analytics")[0] == 404  # best effort never reaches the cell
+    # The V2 metadata names the address safety apps should call, on both ports.
+    for url in (f"{proc.url}/v2", f"{proc.url}/v2/models/collision", f"{cell_url}/v2/models/collision"):
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            assert json.loads(answer.read())["parameters"]["safety_cell_url"] == cell_url, url
     # The Unix socket speaks the same V2.
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(tmp_path / "cell.sock"))
@@ -221,8 +226,6 @@ def test_the_cell_follows_the_stores_active_version(agent: tuple[AgentProcess, s
 
 
 def _version(url: str) -> str:
-    import json
-
     body, _ = encode_request(inputs={"input": sample("tiny-cnn", 1)}, binary=False)
     request = urllib.request.Request(f"{url}/v2/models/collision/infer", data=body)
     with urllib.request.urlopen(request, timeout=10) as answer:

@@ -54,6 +54,7 @@ class Demo:
         self.hub_url = ""
         self.pool_url: str | None = None
         self.agent_urls: dict[str, str] = {}
+        self.cell_urls: dict[str, str] = {}  # device -> its safety cell's listener
         self.client: HubClient | None = None
         self.traffic: Traffic | None = None
         self.rollout_id: str | None = None
@@ -96,6 +97,8 @@ class Demo:
         st.step("agents", "running", "3 agents serving tiny-cnn v1, linked to the hub")
         urls = await asyncio.gather(*(self._start_agent(p) for p in fleet.AGENTS))
         self.agent_urls = {p.device_id: url for p, url in zip(fleet.AGENTS, urls, strict=True)}
+        cells = await asyncio.gather(*(stack.safety_cell_url(url) for url in urls))
+        self.cell_urls = {d: c for d, c in zip(self.agent_urls, cells, strict=True) if c is not None}
         await self._wait_online(len(fleet.AGENTS), 45.0)
         st.step("agents", "ok", ", ".join(f"{d} {u}" for d, u in self.agent_urls.items()))
 
@@ -116,6 +119,10 @@ class Demo:
                 self.state.step("offload", "skipped", self.offload_skipped)
         _, url = await fleet.start_agent(self.sup, plan, agent_dir, None)
         return url
+
+    def _url(self, device: str, priority: str) -> str:
+        cell = self.cell_urls.get(device) if priority == "safety" else None
+        return cell or self.agent_urls[device]
 
     async def _wait_online(self, count: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -152,9 +159,9 @@ class Demo:
     # --- traffic, rollout, burst ---------------------------------------------------------------------------
 
     def targets(self) -> list[tuple[Target, float]]:
-        """Every pipeline of every agent, with its steady rate."""
+        """Every pipeline of every agent, with its steady rate (safety apps call the safety cell's address)."""
         return [
-            (Target(a.device_id, p.name, p.priority, p.deadline_ms, self.agent_urls[a.device_id]), p.rate_hz)
+            (Target(a.device_id, p.name, p.priority, p.deadline_ms, self._url(a.device_id, p.priority)), p.rate_hz)
             for a in fleet.AGENTS
             for p in a.pipelines
         ]
@@ -182,10 +189,12 @@ class Demo:
 
     async def agents_view(self, traffic: Traffic) -> None:
         """Attach each agent's own per-pipeline counts (from its /metrics) to the generator's stats."""
-        texts = await asyncio.gather(*(agentmetrics.scrape(traffic.session, u) for u in self.agent_urls.values()))
-        by_device = dict(zip(self.agent_urls, texts, strict=True))
+        # Safety pipelines are counted by the agent's safety cell, on its own listener: scrape what was called.
+        urls = sorted({stats.target.url for stats in traffic.stats.values()})
+        texts = await asyncio.gather(*(agentmetrics.scrape(traffic.session, u) for u in urls))
+        by_url = dict(zip(urls, texts, strict=True))
         for stats in traffic.stats.values():
-            text = by_device.get(stats.target.device)
+            text = by_url.get(stats.target.url)
             if text is not None:
                 stats.agent_view = agentmetrics.pipeline_view(text, stats.target.pipeline, stats.target.deadline_ms)
 
