@@ -52,7 +52,7 @@ class Hub:
         self.metrics = HubMetrics()
         self.fleet = LiveFleet()
         self.metrics.online_gauge(self.fleet.online_count)
-        self.identity = HubIdentity.bootstrap(config.data_dir, self._server_names())
+        self.identity = HubIdentity.bootstrap(config.data_dir, self._server_names(), config.mqtt_identity)
         self.store = Store(config.db_url)
         self.token_hashes: set[str] = set()
         self.claims = ClaimService(self.store, self.url, self.identity.ca.fingerprint)

@@ -50,6 +50,13 @@ class HubConfig(BaseModel):
         max_length=64,
         description="MQTT client id of this replica; default edgefleet-hub-<random>, kept in data_dir/mqtt-client-id.",
     )
+    mqtt_identity: str = Field(
+        default="edgefleet-hub",
+        pattern=r"^edgefleet-hub(-[a-z0-9][a-z0-9-]{0,40})?$",
+        description="CN of this replica's MQTT client certificate; the broker uses it as username and client id "
+        "(use_username_as_clientid), so every replica needs its own (edgefleet-hub, edgefleet-hub-2, ...), "
+        "each listed in the broker's ACL.",
+    )
     mqtt_session_expiry_s: int = Field(
         default=86_400,
         ge=0,

@@ -27,6 +27,7 @@ class HubPaths:
     """Where the hub keeps its files under the data dir."""
 
     data_dir: Path
+    mqtt_cn: str = "edgefleet-hub"
 
     @property
     def pki(self) -> Path:
@@ -55,13 +56,17 @@ class HubPaths:
 
     @property
     def hub_cert(self) -> Path:
-        """The hub's MQTT client certificate (CN edgefleet-hub)."""
-        return self.pki / "hub-client.pem"
+        """This replica's MQTT client certificate (CN `mqtt_cn`; hub-client.pem for edgefleet-hub)."""
+        return self.pki / f"{self._hub_client_stem}.pem"
 
     @property
     def hub_key(self) -> Path:
-        """The hub's MQTT client key (0600)."""
-        return self.pki / "hub-client.key"
+        """This replica's MQTT client key (0600)."""
+        return self.pki / f"{self._hub_client_stem}.key"
+
+    @property
+    def _hub_client_stem(self) -> str:
+        return "hub-client" if self.mqtt_cn == HUB_CN else f"hub-client-{self.mqtt_cn}"
 
     @property
     def signing_key(self) -> Path:
@@ -103,16 +108,16 @@ class HubIdentity:
     signing_key: signing.Ed25519PrivateKey
 
     @classmethod
-    def bootstrap(cls, data_dir: Path, hosts: tuple[str, ...] | None) -> HubIdentity:
-        """Load or create the CA, the server (for `hosts`; None = leave as is) and hub-client certificates
-        and the signing key."""
-        paths = HubPaths(data_dir)
+    def bootstrap(cls, data_dir: Path, hosts: tuple[str, ...] | None, mqtt_cn: str = HUB_CN) -> HubIdentity:
+        """Load or create the CA, the server (for `hosts`; None = leave as is) and hub-client (CN `mqtt_cn`)
+        certificates and the signing key."""
+        paths = HubPaths(data_dir, mqtt_cn)
         private_dir(data_dir)
         private_dir(paths.pki)
         ca, _ = HubCA.load_or_create(paths.ca_cert, paths.ca_key)
         if hosts is not None:
             _ensure_leaf(ca, paths.server_cert, paths.server_key, "edgefleet-hub-https", server=True, hosts=hosts)
-        _ensure_leaf(ca, paths.hub_cert, paths.hub_key, HUB_CN, server=False, hosts=())
+        _ensure_leaf(ca, paths.hub_cert, paths.hub_key, mqtt_cn, server=False, hosts=())
         if paths.signing_key.exists():
             key = signing.load_private_key(paths.signing_key)
         else:

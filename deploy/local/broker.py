@@ -18,9 +18,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from cloud_hub.broker import dynsec
 from deploy.local.broker_config import (
     DEFAULT_PREFIX,
     FLAVOURS,
+    HUB_USERNAME,
+    Authz,
     Flavour,
     MosquittoError,
     ServerCerts,
@@ -89,6 +92,9 @@ class Mosquitto:
         persistence: bool = False,
         verbose_log: bool = True,
         extra_config: Sequence[str] = (),
+        hub_usernames: Sequence[str] = (HUB_USERNAME,),
+        authz: Authz = "acl",
+        device_ids: Sequence[str] = (),
         binary: str | None = None,
         start_timeout_s: float = 5.0,
         stop_timeout_s: float = 5.0,
@@ -108,6 +114,9 @@ class Mosquitto:
         self.persistence = persistence
         self.verbose_log = verbose_log
         self.extra_config = tuple(extra_config)
+        self.hub_usernames = tuple(hub_usernames)  # CNs with the hub's ACL rights (one per hub replica)
+        self.authz: Authz = authz
+        self.device_ids = tuple(device_ids)  # dynsec: devices registered in the seed
         self.binary = binary or require_mosquitto()
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
@@ -278,4 +287,56 @@ class Mosquitto:
             verbose_log=self.verbose_log,
             extra_config=self.extra_config,
             host=self.host,
+            hub_usernames=self.hub_usernames,
+            authz=self.authz,
+            device_ids=self.device_ids,
         )
+
+    def dynsec(self, commands: Sequence[dict[str, object]], admin_cert: tuple[Path, Path]) -> None:
+        """Run dynamic-security control commands as `admin_cert` (CN `RIG_ADMIN` or a hub's) and wait for
+        the answer; raise on any error but "already exists"/"not found"."""
+        run_dynsec(self, commands, admin_cert)
+
+
+def run_dynsec(broker: Mosquitto, commands: Sequence[dict[str, object]], admin_cert: tuple[Path, Path]) -> None:
+    """One synchronous control-API round trip (paho, its own thread) on the mtls `broker`."""
+    import ssl
+    import threading
+    import uuid
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    if broker.pki is None:
+        raise MosquittoError("dynsec needs the mtls flavour")
+    correlation = uuid.uuid4().hex
+    answer: list[list[str]] = []
+    done = threading.Event()
+    subscribed = threading.Event()
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        errors = dynsec.failures(bytes(msg.payload), correlation)
+        if errors is not None:
+            answer.append(errors)
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"rig-admin-{correlation[:8]}", protocol=mqtt.MQTTv5)
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(broker.pki.cafile))
+    ctx.load_cert_chain(str(admin_cert[0]), str(admin_cert[1]))
+    client.tls_set_context(ctx)
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.connect(broker.host, broker.port, 30)
+    client.loop_start()
+    try:
+        client.subscribe(dynsec.RESPONSE_TOPIC, qos=1)
+        if not subscribed.wait(10):
+            raise MosquittoError("no SUBACK for the dynsec response topic")
+        client.publish(dynsec.CONTROL_TOPIC, dynsec.encode(commands, correlation), qos=1)
+        if not done.wait(10):
+            raise MosquittoError(f"no dynsec answer:\n{broker.log_tail(10)}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if answer[0]:
+        raise MosquittoError(f"dynsec refused: {answer[0]}")

@@ -13,6 +13,7 @@ When run as root, the generated config says ``user root``: mosquitto would other
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,10 +21,16 @@ from pathlib import Path
 from string import Template
 from typing import Literal, Protocol
 
+from cloud_hub.broker import dynsec
 from deploy.local.procs import HOST, StackError
 
 Flavour = Literal["plain", "tls", "mtls"]
 FLAVOURS: tuple[Flavour, ...] = ("plain", "tls", "mtls")
+# How the mtls broker authorises: the production acl_file, or the dynamic-security plugin, which also
+# authorises SUBSCRIBE ($share filters included; cloud_hub/broker/dynsec.py).
+Authz = Literal["acl", "dynsec"]
+# The rig's identity for the dynsec control API (never a device id: edgefleet-* is reserved).
+RIG_ADMIN = "edgefleet-rig-admin"
 
 DEFAULT_PREFIX = "edgefleet/v1"
 HUB_USERNAME = "edgefleet-hub"
@@ -51,6 +58,8 @@ _REWRITTEN = frozenset(
         "log_type",
         "pid_file",
         "user",
+        "plugin",
+        "plugin_opt_config_file",
     }
 )
 _REQUIRED = ("listener", "cafile", "certfile", "keyfile", "acl_file")
@@ -95,10 +104,32 @@ class ServerTLS:
         return cls(tls_dir / "edgefleet-ca.pem", tls_dir / "broker.pem", tls_dir / "broker.key")
 
 
-def render_acl(path: Path, prefix: str = DEFAULT_PREFIX, template: Path = ACL_TEMPLATE) -> Path:
-    """Render the production ACL template for `prefix` into `path`."""
-    path.write_text(Template(template.read_text()).substitute(prefix=prefix))
+def render_acl(
+    path: Path,
+    prefix: str = DEFAULT_PREFIX,
+    template: Path = ACL_TEMPLATE,
+    hub_usernames: Sequence[str] = (HUB_USERNAME,),
+) -> Path:
+    """Render the production ACL template for `prefix` into `path`, the hub's rights for every hub identity.
+
+    The template's ``user edgefleet-hub`` block is the hub's; with ``use_username_as_clientid`` each hub
+    replica needs its own certificate CN, so the block is repeated for every name of `hub_usernames`.
+    """
+    path.write_text(hub_acl_blocks(Template(template.read_text()).substitute(prefix=prefix), hub_usernames))
     return path
+
+
+def hub_acl_blocks(acl: str, hub_usernames: Sequence[str]) -> str:
+    """`acl` with its ``user edgefleet-hub`` block (up to the next ``user`` line) once per hub username."""
+    lines = acl.splitlines()
+    try:
+        start = lines.index(f"user {HUB_USERNAME}")
+    except ValueError as exc:
+        raise MosquittoError(f"the ACL has no 'user {HUB_USERNAME}' block") from exc
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("user ")), len(lines))
+    rules = [line for line in lines[start + 1 : end] if line.startswith("topic ")]
+    blocks = [[f"user {name}", *rules] for name in dict.fromkeys(hub_usernames)]
+    return "\n".join([*lines[:start], *(line for block in blocks for line in block), *lines[end:]]) + "\n"
 
 
 def render_production_config(
@@ -161,6 +192,9 @@ def broker_config(
     verbose_log: bool | None = True,
     extra_config: Sequence[str] = (),
     host: str = HOST,
+    hub_usernames: Sequence[str] = (HUB_USERNAME,),
+    authz: Authz = "acl",
+    device_ids: Sequence[str] = (),
 ) -> str:
     """The config text of a broker on `host:port`; for ``mtls`` the ACL is rendered to `acl_path` first.
 
@@ -181,14 +215,21 @@ def broker_config(
     if flavour == "mtls":
         if tls is None or acl_path is None:
             raise ValueError("the mtls flavour needs server certificates and an ACL path")
-        render_acl(acl_path, prefix)
-        overrides = {
+        overrides: dict[str, str | None] = {
             **common,
             "listener": f"{port} {host}",
             **files,
             "crlfile": str(crlfile) if crlfile is not None else None,
-            "acl_file": str(acl_path),
         }
+        if authz == "dynsec":
+            # acl_file would answer SUBSCRIBE first (and grant it): dynsec alone decides.
+            seed = dynsec.seed_config(prefix, hub_usernames, (RIG_ADMIN,), device_ids)
+            dynsec_path = acl_path.with_name("dynamic-security.json")
+            dynsec_path.write_text(json.dumps(seed, indent=1))
+            overrides |= {"plugin": dynsec.PLUGIN_PATH, "plugin_opt_config_file": str(dynsec_path)}
+        else:
+            render_acl(acl_path, prefix, hub_usernames=hub_usernames)
+            overrides["acl_file"] = str(acl_path)
         return render_production_config(overrides, extra_config, keep_log_types=verbose_log is None)
     settings = {**common, "listener": f"{port} {host}", "allow_anonymous": "true"}
     if flavour == "tls":

@@ -301,8 +301,13 @@ def test_device_reads_only_its_own_desired_state(mosquitto_mtls: Mosquitto, prob
     assert [m.topic for m in late_a.messages] == [topic("dev-a", "desired")]
 
 
-def test_hub_shared_subscription_receives_and_splits_telemetry(mosquitto_mtls: Mosquitto, probe: ProbeFactory) -> None:
-    replicas = [probe(mosquitto_mtls, HUB_USERNAME).connect() for _ in range(2)]
+def test_hub_shared_subscription_receives_and_splits_telemetry(
+    mosquitto_factory: MosquittoFactory, probe: ProbeFactory
+) -> None:
+    # One certificate per replica: the broker makes the CN the client id (use_username_as_clientid), so
+    # two replicas with one CN would take each other's connection over.
+    mosquitto_mtls = mosquitto_factory("mtls", hub_usernames=(HUB_USERNAME, f"{HUB_USERNAME}-2"))
+    replicas = [probe(mosquitto_mtls, cn).connect() for cn in (HUB_USERNAME, f"{HUB_USERNAME}-2")]
     for replica in replicas:
         assert not replica.subscribe(f"$share/hub/{PREFIX}/devices/+/telemetry")[0].is_failure
     device_a = probe(mosquitto_mtls, "dev-a").connect()
@@ -353,8 +358,8 @@ def test_will_on_another_devices_state_is_not_delivered(mosquitto_mtls: Mosquitt
             sock.shutdown(socket.SHUT_RDWR)
     hub.wait_for(topic("dev-c", "state"), b"offline")
     # Both wills go out as the broker notices the two dead sockets; give the spoofed one the same chance.
-    if spoofer_connected:
-        _wait_for_log(mosquitto_mtls, spoofer.client_id)
+    if spoofer_connected:  # the broker names it by its CN (use_username_as_clientid), not the id it sent
+        _wait_for_log(mosquitto_mtls, "dev-a")
     probe(mosquitto_mtls, "dev-c").connect().publish(topic("dev-c", "state"), b"marker", retain=True)
     hub.wait_for(topic("dev-c", "state"), b"marker")
     assert hub.received(topic("dev-b", "state")) == [], f"spoofer connected: {spoofer_connected}"
