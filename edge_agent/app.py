@@ -300,6 +300,8 @@ def _main_agent(config: AgentConfig, listeners: Listeners) -> Agent:
     agent = Agent(main_config(config), activity=client.activity, cell_pipelines=names)
     agent.telemetry_stats = CombinedStats(agent.core.stats, client)
     agent.core.safety_cell_url = listeners.cell_url
+    agent.core.safety_elsewhere = names
+    agent.core.safety_elsewhere = names
     forwarder = Forwarder(names, client)
     agent.http.middlewares.insert(0, forwarder.middleware)
 

@@ -22,6 +22,7 @@ from edge_agent.scheduler.estimates import ServiceTimes
 from edge_agent.scheduler.priority import BatchObserver, PriorityScheduler
 from edge_agent.scheduler.queue import Expired, QueueKey
 from edge_agent.serving.admission import Admission, Served, budget_s, effective_rank
+from edge_agent.serving.pipelines import build_pipelines, without_cell_safety
 from edge_agent.serving.registry import LoadedModel, ModelRegistry
 from edge_agent.serving.startup import load_each
 from edge_agent.serving.stats import Outcome, PipelineStats
@@ -84,6 +85,8 @@ class ServingCore:
         self.started = False
         # Where safety pipelines are served when they run in a safety cell (set by the app; V2 metadata says it).
         self.safety_cell_url: str | None = None
+        # Names of the safety pipelines a safety cell serves (main process only): never served here.
+        self.safety_elsewhere: frozenset[str] = frozenset()
 
     @property
     def scheduler(self) -> PriorityScheduler:
@@ -187,26 +190,10 @@ class ServingCore:
     def _build_pipelines(
         self, specs: Sequence[PipelineSpec] | None = None, problems: list[str] | None = None
     ) -> dict[str, PipelineSpec]:
-        """Pipelines from `specs` (default: the config's). A spec naming a missing model or version raises
-        NotFound, or, when `problems` is given, is skipped and described there."""
-        pipelines: dict[str, PipelineSpec] = {}
-        if self.config.expose_models:
-            for name in self._registry.names():
-                pipelines[name] = self._exposed(name)
-        for spec in self.config.pipelines if specs is None else specs:
-            versions = self._registry.versions(spec.model)
-            problem = None
-            if not self._registry.installed(spec.model):
-                problem = f"pipeline {spec.name!r}: model {spec.model!r} is not installed"
-            elif spec.version is not None and spec.version not in versions:
-                problem = f"pipeline {spec.name!r}: model {spec.model!r} has no version {spec.version!r}"
-            if problem is not None:
-                if problems is None:
-                    raise NotFound(problem)
-                problems.append(problem)
-                continue
-            pipelines[spec.name] = spec
-        return pipelines
+        """Pipelines from `specs` (default: the config's), see pipelines.build_pipelines."""
+        exposed = [self._exposed(name) for name in self._registry.names()] if self.config.expose_models else []
+        chosen = self.config.pipelines if specs is None else specs
+        return build_pipelines(self._registry, chosen, exposed, problems)
 
     def _exposed(self, model: str) -> PipelineSpec:
         """The pipeline a model is served under by its own name (expose_models)."""
@@ -230,6 +217,8 @@ class ServingCore:
         returned so the caller can report them.
         """
         problems: list[str] = []
+        if self.safety_elsewhere and specs:
+            specs = without_cell_safety(specs, self.safety_elsewhere, problems)
         pipelines = self._build_pipelines(list(specs) if specs else None, problems)
         for name in self._pipelines.keys() - pipelines.keys():
             self.stats.unregister(name)
