@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_agent.errors import InvalidInput
+from edge_agent.errors import InvalidInput, Unavailable
 from edge_agent.http.errors import error_kind, error_response
 from edge_agent.http.keys import CORE_KEY, METRICS_KEY
 from edge_agent.serving.registry import LoadedModel
@@ -139,9 +139,13 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 
 async def model_ready(request: web.Request) -> web.Response:
-    """GET v2/models/{model}[/versions/{version}]/ready: 200 `{"name", "ready": true}` if warmed up, else 400."""
-    target = request.app[CORE_KEY].resolve(request.match_info["model"], request.match_info.get("version"))
-    ready = target.model.ready
+    """GET v2/models/{model}[/versions/{version}]/ready: 200 `{"name", "ready": true}` if warmed up, else 400
+    (also while loading, or when it failed to load: Unavailable)."""
+    try:
+        target = request.app[CORE_KEY].resolve(request.match_info["model"], request.match_info.get("version"))
+        ready = target.model.ready
+    except Unavailable:
+        ready = False
     return _json({"name": request.match_info["model"], "ready": ready}, 200 if ready else 400)
 
 

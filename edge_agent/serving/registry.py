@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import InvalidInput, NotFound
+from edge_agent.errors import InvalidInput, NotFound, Unavailable
 from edge_agent.scheduler.queue import QueueKey
 from edge_agent.store import version_key
 from models.runtimes.base import Runtime
@@ -112,10 +112,29 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._models: dict[str, dict[str, LoadedModel]] = {}
         self._active: dict[str, str] = {}
+        # name -> version -> why, for versions that failed to load or warm up at start (not served).
+        self._failed: dict[str, dict[str, str]] = {}
 
     def add(self, model: LoadedModel) -> None:
         """Register a loaded version; it serves requests only once it is activated."""
         self._models.setdefault(model.name, {})[model.version] = model
+        self._failed.pop(model.name, None)  # a version that loads replaces the failed ones
+
+    def fail(self, name: str, version: str, reason: str) -> None:
+        """Record a version that failed to load or warm up: the server is not ready while one is recorded."""
+        self._failed.setdefault(name, {})[version] = reason
+
+    def failures(self) -> dict[str, dict[str, str]]:
+        """A copy: name -> version -> why it failed, for models that have no loaded version instead."""
+        return {name: dict(versions) for name, versions in self._failed.items()}
+
+    def unknown(self, name: str, version: str | None = None) -> NotFound | Unavailable:
+        """Triton's error for a name that resolves to nothing: failed to load (503) or not found (404)."""
+        if name in self._failed and not self._models.get(name):
+            return Unavailable(f"Request for unknown model: '{name}' has no available versions")
+        if version is None:
+            return NotFound(f"Request for unknown model: '{name}' is not found")
+        return NotFound(f"Request for unknown model: '{name}' version {version} is not found")
 
     def remove(self, name: str, version: str) -> LoadedModel | None:
         """Forget a loaded version; returns it, or None if it was not loaded."""
@@ -162,7 +181,9 @@ class ModelRegistry:
         return self._active.get(name)
 
     def active_ready(self) -> bool:
-        """True if every loaded model's active version is warmed up."""
+        """True if every loaded model's active version is warmed up and none failed (Triton's strict readiness)."""
+        if self._failed:
+            return False
         for name, versions in self._models.items():
             active = self._active.get(name)
             model = versions.get(active) if active is not None else None

@@ -49,9 +49,12 @@ async def test_model_metadata_with_and_without_version(client: Client) -> None:
     }
     assert (await client.get("/v2/models/tiny-cnn/versions/1")).status == 200
     resp = await client.get("/v2/models/tiny-cnn/versions/7")
-    assert resp.status == 404 and "no version" in (await resp.json())["error"]
+    # Triton's texts, which Triton's examples and user code match on
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "Request for unknown model: 'tiny-cnn' version 7 is not found"
     resp = await client.get("/v2/models/missing/ready")
     assert resp.status == 404
+    assert (await resp.json())["error"] == "Request for unknown model: 'missing' is not found"
     resp = await client.get("/no/such/route")
     assert resp.status == 404 and "error" in await resp.json()
 

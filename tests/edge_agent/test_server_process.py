@@ -89,8 +89,8 @@ def _json_body(**tensor: Any) -> bytes:
 
 _GOOD_BINARY, _GOOD_LENGTH = encode_request(inputs={"input": np.zeros((1, 64), np.float32)})
 BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
-    ("unknown model", "nope", _json_body(), {}, 404, "unknown model"),
-    ("unknown version", "tiny-mlp/versions/9", _json_body(), {}, 404, "no version"),
+    ("unknown model", "nope", _json_body(), {}, 404, "Request for unknown model: 'nope' is not found"),
+    ("unknown version", "tiny-mlp/versions/9", _json_body(), {}, 404, "'tiny-mlp' version 9 is not found"),
     (
         "missing input",
         "tiny-mlp",
