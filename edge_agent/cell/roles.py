@@ -26,16 +26,11 @@ def has_cell(config: AgentConfig) -> bool:
 def cell_config(config: AgentConfig) -> AgentConfig:
     """The cell's config: the safety pipelines only, on the cell's listener, no fleet link, no model import
     (the main process owns the store; the cell only reads it), no models exposed under their own names."""
-    cell = config.safety_cell
     return config.model_copy(
         update={
             "pipelines": [p for p in config.pipelines if p.priority == "safety"],
-            "http": HttpConfig(
-                host=cell.host,
-                port=cell.port,
-                max_body_bytes=config.http.max_body_bytes,
-                token_file=config.http.token_file,
-            ),
+            # The [http] limits and token, on the cell's own address (its sockets come from the supervisor).
+            "http": config.http.model_copy(update=_cell_address(config)),
             "model_dirs": [],
             "expose_models": False,
             "fleet": None,
@@ -43,6 +38,13 @@ def cell_config(config: AgentConfig) -> AgentConfig:
             "runtime": _high_priority(config),
         }
     )
+
+
+def _cell_address(config: AgentConfig) -> dict[str, object]:
+    update: dict[str, object] = {"host": config.safety_cell.host, "port": config.safety_cell.port}
+    if "unix_socket" in HttpConfig.model_fields:
+        update["unix_socket"] = None  # the main process's; the cell's own is [safety_cell] unix_socket
+    return update
 
 
 def _high_priority(config: AgentConfig) -> RuntimeConfig:
