@@ -65,6 +65,10 @@ class Hub:
             ProvisionSettings(self.url, broker, config.topic_prefix, config.telemetry_interval_s),
         )
         self.broker = BrokerLinks(config, self.identity, self.metrics)
+        self.provisioner.registrar = self.devices.registrar = self.broker.registrar
+        self._syncs: set[asyncio.Task[None]] = set()
+        if self.broker.registrar is not None:
+            self.broker.on_link_up = self._sync_broker
         self.ingest = (
             IngestService(
                 config,
@@ -85,6 +89,12 @@ class Hub:
         self.desired = DesiredWriter(self.store, Topics(config.topic_prefix), publish)
         self.orchestrator = Orchestrator(self.registry, self.desired, live=self.fleet)
         self.rollouts = RolloutService(self.orchestrator)
+
+    def _sync_broker(self) -> None:
+        """A broker link came (back) up: put its dynamic-security registry in step (a task of its own)."""
+        task = asyncio.create_task(self.devices.sync_broker(), name="broker-registry-sync")
+        self._syncs.add(task)
+        task.add_done_callback(self._syncs.discard)
 
     def _server_names(self) -> tuple[str, ...]:
         names = ["localhost", "127.0.0.1", *self.config.server_names]
@@ -122,6 +132,8 @@ class Hub:
     async def aclose(self) -> None:
         """Stop the orchestrator and ingest (flushing its buffer), close the broker links, then the store."""
         await self.orchestrator.aclose()
+        for task in list(self._syncs):
+            task.cancel()
         if self.ingest is not None:
             await self.ingest.aclose()
         await self.broker.aclose()

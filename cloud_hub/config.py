@@ -6,7 +6,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
@@ -56,6 +56,12 @@ class HubConfig(BaseModel):
         description="CN of this replica's MQTT client certificate; the broker uses it as username and client id "
         "(use_username_as_clientid), so every replica needs its own (edgefleet-hub, edgefleet-hub-2, ...), "
         "each listed in the broker's ACL.",
+    )
+    broker_authz: Literal["acl", "dynsec"] = Field(
+        default="acl",
+        description="How the brokers authorise: their acl_file, or mosquitto's dynamic-security plugin, whose "
+        "registry the hub keeps (a role per device; SUBSCRIBE and $share filters checked; revoked devices "
+        "disconnected at once). docs/security.md.",
     )
     mqtt_session_expiry_s: int = Field(
         default=86_400,

@@ -22,7 +22,6 @@ CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 PLUGIN_PATH = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 HUB_ROLE = "edgefleet-hub"
-HUB_GROUP = "edgefleet-hubs"
 ADMIN_ROLE = "edgefleet-dynsec-admin"
 DEVICE_ROLE_PREFIX = "edgefleet-device-"
 # What a device writes under {prefix}/devices/{id}/ and what it receives there (acl.template's pattern lines).
@@ -79,11 +78,12 @@ def admin_acls() -> list[Acl]:
 def seed_config(
     prefix: str, hub_usernames: Sequence[str], admin_usernames: Sequence[str] = (), device_ids: Iterable[str] = ()
 ) -> dict[str, Any]:
-    """The plugin's first config file: the hub role and group, the hub replicas, optional admins and devices.
+    """The plugin's first config file: the hub role, the hub replicas, optional admins and devices.
 
     Everything not granted is denied (`defaultACLAccess` false), except unsubscribing."""
     devices = list(dict.fromkeys(device_ids))
-    clients = [{"username": name, "groups": [{"groupname": HUB_GROUP}]} for name in dict.fromkeys(hub_usernames)]
+    # Roles straight on the clients: a group's roles did not apply to its clients from a seed file on 2.0.11.
+    clients = [{"username": name, "roles": [{"rolename": HUB_ROLE}]} for name in dict.fromkeys(hub_usernames)]
     clients += [{"username": name, "roles": [{"rolename": ADMIN_ROLE}]} for name in dict.fromkeys(admin_usernames)]
     clients += [{"username": d, "roles": [{"rolename": device_role(d)}]} for d in devices]
     roles = [
@@ -93,7 +93,7 @@ def seed_config(
     ]
     return {
         "clients": clients,
-        "groups": [{"groupname": HUB_GROUP, "roles": [{"rolename": HUB_ROLE}]}],
+        "groups": [],
         "roles": roles,
         "defaultACLAccess": {
             "publishClientSend": False,

@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import Gauge
 
+from cloud_hub.broker import dynsec
 from cloud_hub.broker.link import BrokerLink, MessageHandler
+from cloud_hub.broker.registrar import DynsecRegistrar
 from cloud_hub.broker.url import BrokerUrl
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubError
@@ -31,6 +33,11 @@ class BrokerLinks:
         self.identity = identity
         self.metrics = metrics
         self.links: list[BrokerLink] = []
+        # broker_authz = "dynsec": the hub keeps the brokers' dynamic-security registry (registrar.py).
+        self.registrar = (
+            DynsecRegistrar(lambda: self.links, config.topic_prefix) if config.broker_authz == "dynsec" else None
+        )
+        self.on_link_up: Callable[[], None] | None = None  # called after each (re)connect of a link
 
     async def start(
         self,
@@ -44,6 +51,15 @@ class BrokerLinks:
         on_pending_ack: Callable[[], None] | None = None,
     ) -> list[BrokerLink]:
         """Start a link to every configured broker (ingest passes its subscriptions and session settings)."""
+        registrar = self.registrar
+        if registrar is not None:
+            subscriptions = (*subscriptions, (dynsec.RESPONSE_TOPIC, 0))
+            ingest = on_message
+
+            def on_message(topic: str, payload: bytes) -> None:
+                if not registrar.handles(topic, payload):
+                    ingest(topic, payload)
+
         for url in self.config.brokers:
             broker = BrokerUrl.parse(url)
             ctx = self.identity.mqtt_ssl_context(self.config.broker_cafile) if broker.tls else None
@@ -51,6 +67,8 @@ class BrokerLinks:
 
             def connected(up: bool, gauge: Gauge = gauge) -> None:
                 gauge.set(1 if up else 0)
+                if up and self.on_link_up is not None:
+                    self.on_link_up()
 
             link = BrokerLink(
                 broker,

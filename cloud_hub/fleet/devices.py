@@ -8,6 +8,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from cloud_hub.broker.registrar import DynsecRegistrar
+from cloud_hub.errors import HubError
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.pki import HubIdentity
 from cloud_hub.store import DeviceRecord, Store, devices, telemetry
@@ -22,6 +24,7 @@ class DeviceService:
         self.store = store
         self.identity = identity
         self.fleet = fleet
+        self.registrar: DynsecRegistrar | None = None  # broker_authz = "dynsec": retire revoked devices there
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[DeviceRecord]:
         """Devices, optionally those carrying all of `labels`."""
@@ -41,6 +44,11 @@ class DeviceService:
             record = await devices.revoke(conn, device_id, time.time())
         self.fleet.set_status(device_id, devices.REVOKED)
         await self.write_crl()
+        if self.registrar is not None:
+            try:  # deleting its dynsec client disconnects it at once; the CRL refuses its next handshake
+                await self.registrar.retire(device_id)
+            except HubError as exc:
+                log.warning("device %s revoked; the broker retires it at the next sync: %s", device_id, exc)
         log.info("revoked device %s (certificate serial %s)", device_id, record.cert_serial)
         return record
 
@@ -51,6 +59,20 @@ class DeviceService:
         entries = [(int(serial, 16), dt.datetime.fromtimestamp(at, dt.UTC)) for serial, at in revoked]
         self.identity.ca.write_crl(self.identity.paths.crl, entries)
         return len(entries)
+
+    async def sync_broker(self) -> None:
+        """Apply the whole registry to the brokers' dynamic-security registry (after a broker reconnect)."""
+        if self.registrar is None:
+            return
+        async with self.store.begin() as conn:
+            statuses = await devices.statuses(conn)
+        active = [d for d, status in statuses.items() if status == devices.ACTIVE]
+        try:
+            await self.registrar.sync(active, [d for d, status in statuses.items() if status != devices.ACTIVE])
+        except HubError as exc:
+            log.warning("broker registry sync failed (retried at the next reconnect): %s", exc)
+        else:
+            log.info("broker registry in step: %d active devices", len(active))
 
     async def refresh_statuses(self) -> None:
         """Re-read every device's status (devices provisioned or revoked through another replica)."""

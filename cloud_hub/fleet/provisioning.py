@@ -9,19 +9,23 @@ race on the same id) gives the use back.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import IntegrityError
 
-from cloud_hub.errors import Conflict, Forbidden
+from cloud_hub.broker.registrar import DynsecRegistrar
+from cloud_hub.errors import Conflict, Forbidden, HubError
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.fleet.tokens import new_id, token_hash
 from cloud_hub.pki import HubIdentity, load_csr
 from cloud_hub.pki.ca import cert_fingerprint
 from cloud_hub.store import Store, claims, devices
 from protocols.messages import ProvisionRequest, ProvisionResponse
+
+log = logging.getLogger(__name__)
 
 # Certificate CNs of the hub and its broker (edgefleet-hub has the hub's ACL rights); never a device's.
 RESERVED_ID_PREFIX = "edgefleet-"
@@ -45,6 +49,7 @@ class Provisioner:
         self.identity = identity
         self.fleet = fleet
         self.settings = settings
+        self.registrar: DynsecRegistrar | None = None  # broker_authz = "dynsec": the device's broker rights
 
     async def provision(self, request: ProvisionRequest) -> ProvisionResponse:
         """Register (or re-provision) the device; raise Unauthorized/Forbidden/Conflict/InvalidRequest."""
@@ -84,6 +89,11 @@ class Provisioner:
         except IntegrityError as exc:
             raise Conflict(f"device id {request.device_id!r} was just taken; retry") from exc
         self.fleet.set_status(device_id, devices.ACTIVE)
+        if self.registrar is not None:
+            try:
+                await self.registrar.register(device_id)
+            except HubError as exc:  # the next sync (every broker reconnect) registers it
+                log.warning("device %s provisioned; broker registration waits for the next sync: %s", device_id, exc)
         return ProvisionResponse(
             device_id=device_id,
             certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),

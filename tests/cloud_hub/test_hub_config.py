@@ -31,6 +31,7 @@ EVERY_FIELD: dict[str, tuple[str, Any]] = {
     "mqtt_keepalive_s": ("15", 15),
     "mqtt_client_id": ('"edgefleet-hub-a"', "edgefleet-hub-a"),
     "mqtt_identity": ('"edgefleet-hub-2"', "edgefleet-hub-2"),
+    "broker_authz": ('"dynsec"', "dynsec"),
     "mqtt_session_expiry_s": ("600", 600),
     "mqtt_receive_maximum": ("500", 500),
     "batch_max_rows": ("50", 50),
