@@ -5,8 +5,9 @@ BYTES elements as a 4-byte little-endian length then the bytes) in the order the
 header; `Inference-Header-Content-Length` gives the header's length. Decoding goes straight from bytes to
 numpy (no pydantic objects per request) and checks every size before it allocates. Binary tensors are
 read-only views of the body. BYTES tensors are object arrays of `bytes`; in JSON they are strings, and a
-BYTES tensor that is not valid UTF-8 is sent as binary even where JSON was asked for, which
-`tritonclient` reads either way.
+BYTES tensor that is not valid UTF-8, or a float tensor holding NaN or infinity (JSON has neither), is sent
+as binary even where JSON was asked for, which `tritonclient` reads either way. A finite JSON number beyond
+the range of its datatype (FP16, FP32 or an integer type) is refused.
 """
 
 from __future__ import annotations
@@ -321,8 +322,19 @@ def _from_json(data: object, spec: _Spec) -> np.ndarray[Any, Any]:
             raise CodecError(f"{where}: {datatype} 'data' holds a number out of range") from exc
     elif kind not in "iuf":
         raise CodecError(f"{where}: {datatype} 'data' must hold numbers")
-    with np.errstate(over="ignore"):  # a value beyond FP16/FP32 range becomes inf, as a cast would
-        return raw.astype(dtype, copy=False).reshape(shape)
+    return _floats_in_range(raw, datatype, dtype, where).reshape(shape)
+
+
+def _floats_in_range(
+    raw: np.ndarray[Any, Any], datatype: str, dtype: np.dtype[Any], where: str
+) -> np.ndarray[Any, Any]:
+    """`raw` cast to FP16/FP32/FP64; a finite JSON number beyond the type's range (e.g. 1e39 as FP32) is refused,
+    as out-of-range integers are (NaN and infinity literals pass: tritonclient sends them)."""
+    with np.errstate(over="ignore"):
+        cast = raw.astype(dtype, copy=False)
+    if dtype.itemsize < raw.dtype.itemsize and np.isinf(cast).sum() != np.isinf(raw).sum():
+        raise CodecError(f"{where}: {datatype} 'data' holds a number out of range (max {float(np.finfo(dtype).max):g})")
+    return cast
 
 
 def _ints_from_json(

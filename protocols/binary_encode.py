@@ -86,10 +86,13 @@ def _encode_tensors(
                     as_binary = True  # JSON strings cannot carry it; tritonclient reads binary either way
             if as_binary:
                 raw = b"".join(part for item in items for part in (_U32.pack(len(item)), item))
-        elif as_binary:
-            raw = array.astype(_DTYPES[datatype], copy=False).tobytes()
         else:
-            tensor["data"] = array.ravel().tolist()
+            if not as_binary and array.dtype.kind == "f" and not np.isfinite(array).all():
+                as_binary = True  # JSON has no NaN/Infinity (browsers, Go, Rust refuse them); binary is exact
+            if as_binary:
+                raw = array.astype(_DTYPES[datatype], copy=False).tobytes()
+            else:
+                tensor["data"] = array.ravel().tolist()
         if raw is not None:
             tensor["parameters"] = {"binary_data_size": len(raw)}
             if chunks is None:
@@ -113,7 +116,7 @@ def _bytes_items(array: np.ndarray[Any, Any], name: str) -> list[bytes]:
 
 
 def _assemble(header: dict[str, Any], chunks: list[bytes] | None) -> tuple[bytes, int | None]:
-    head = json.dumps(header, separators=_JSON_SEPARATORS).encode()
+    head = json.dumps(header, separators=_JSON_SEPARATORS, allow_nan=False).encode()
     if chunks is None:
         return head, None
     return b"".join([head, *chunks]), len(head)

@@ -55,6 +55,8 @@ def error_response(exc: BaseException) -> web.Response:
     headers = {"Content-Type": _JSON}
     if isinstance(exc, Unavailable):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, web.HTTPException) and "Allow" in exc.headers:
+        headers["Allow"] = exc.headers["Allow"]  # a 405 names the methods the resource takes (RFC 9110)
     return web.Response(status=status, body=json.dumps({"error": message}).encode(), headers=headers)
 
 

@@ -235,3 +235,25 @@ async def test_switch_active_version_while_serving(client: Client) -> None:
     assert (await client.get("/v2/models/tiny-cnn/versions/2")).status == 404
     with pytest.raises(Unavailable):
         await core.unload("tiny-cnn", "1")
+
+
+async def test_405_names_the_allowed_methods(client: Client) -> None:
+    resp = await client.get("/v2/models/tiny-mlp/infer")
+    assert resp.status == 405 and "error" in await resp.json()
+    assert resp.headers["Allow"] == "POST"
+
+
+async def test_json_never_carries_nan_and_fp32_beyond_range_is_refused(client: Client) -> None:
+    def body(values: str) -> str:
+        tensor = f'{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{values}]}}'
+        return f'{{"inputs":[{tensor}],"outputs":[{{"name":"logits","parameters":{{"binary_data":false}}}}]}}'
+
+    resp = await client.post("/v2/models/tiny-mlp/infer", data=body(",".join(["1e39"] + ["0"] * 63)))
+    assert resp.status == 400 and "FP32 'data' holds a number out of range" in (await resp.json())["error"]
+    resp = await client.post("/v2/models/tiny-mlp/infer", data=body(",".join(["NaN"] + ["0"] * 63)))
+    assert resp.status == 200
+    raw = await resp.read()
+    length = int(resp.headers[HEADER_LENGTH])  # NaN logits went binary although JSON was asked for
+    json.loads(raw[:length], parse_constant=lambda token: pytest.fail(f"bare {token} in JSON"))
+    _, arrays = decode_response(raw, length)
+    assert np.isnan(arrays["logits"]).all()

@@ -85,8 +85,11 @@ def test_request_round_trip(inputs: dict[str, np.ndarray[Any, Any]], binary: boo
         RequestedOutput(name=n, binary=binary, parameters={"binary_data": binary}) for n in names
     ]
     if not binary:
-        # Only BYTES that are not UTF-8 may force binary data into a JSON request.
-        forced = any(a.dtype == object and _not_utf8(a) for a in inputs.values())
+        # Only BYTES that are not UTF-8, or floats JSON cannot write (NaN, inf), force binary into JSON.
+        forced = any(
+            (a.dtype == object and _not_utf8(a)) or (a.dtype.kind == "f" and not np.isfinite(a).all())
+            for a in inputs.values()
+        )
         assert (header_length is not None) == forced
 
 
@@ -335,6 +338,22 @@ def test_big_endian_input_is_sent_little_endian() -> None:
     assert decode_request(body, header_length).inputs["x"].tolist() == [0, 1, 2, 3]
 
 
-def test_fp16_json_overflow_becomes_inf_without_warning() -> None:
-    decoded = decode_request(*_body(_one(datatype="FP16", data=[1e6, -1e6])))
-    assert decoded.inputs["x"].tolist() == [np.inf, -np.inf]
+@pytest.mark.parametrize(("datatype", "value"), [("FP16", 1e6), ("FP16", -7e4), ("FP32", 1e39), ("FP32", -3.5e38)])
+def test_json_float_beyond_range_is_refused_without_warning(datatype: str, value: float) -> None:
+    with pytest.raises(CodecError, match=f"{datatype} 'data' holds a number out of range"):
+        decode_request(*_body(_one(datatype=datatype, data=[1.0, value])))
+    # in range, and the non-standard literals tritonclient sends for NaN/inf, still decode
+    literals = b'{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[3e38,NaN,-Infinity]}]}'
+    decoded = decode_request(literals, None)
+    assert decoded.inputs["x"][0] == np.float32(3e38) and np.isnan(decoded.inputs["x"][1])
+
+
+def test_non_finite_floats_never_reach_json() -> None:
+    outputs = {"y": np.array([1.0, np.nan, np.inf], np.float32), "z": np.array([0.5], np.float64)}
+    body, length = encode_response(model_name="m", model_version=None, id=None, outputs=outputs, binary=False)
+    assert length is not None  # y went binary; z stayed JSON
+    header = json.loads(body[:length])  # strict JSON: no NaN/Infinity tokens
+    assert b"NaN" not in body[:length] and b"Infinity" not in body[:length]
+    assert header["outputs"][1]["data"] == [0.5] and header["outputs"][0]["parameters"]["binary_data_size"] == 12
+    _, arrays = decode_response(body, length)
+    assert arrays["y"].tobytes() == outputs["y"].tobytes()
