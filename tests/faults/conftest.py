@@ -19,6 +19,7 @@ for _folder in ("e2e", "edge_agent"):
         sys.path.insert(0, str(_TESTS / _folder))
 
 from fault_support import FaultRig  # noqa: E402  # needs the path above
+from replicas_support import ReplicaRig  # noqa: E402
 
 from deploy.local.procs import Supervisor  # noqa: E402
 
@@ -34,6 +35,19 @@ async def frig(tmp_path: Path) -> AsyncIterator[FaultRig]:
         yield rig
     finally:
         rig.stop()
+    rig.assert_no_leftovers()
+
+
+@pytest_asyncio.fixture
+async def frig_pg(tmp_path: Path) -> AsyncIterator[ReplicaRig]:
+    """The fault rig with two hub replicas on a fresh PostgreSQL database (dropped afterwards)."""
+    rig = ReplicaRig(tmp_path, replicas=2)
+    try:
+        await rig.start()
+        yield rig
+    finally:
+        rig.stop()
+        await rig.drop_database()
     rig.assert_no_leftovers()
 
 

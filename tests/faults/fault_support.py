@@ -301,6 +301,19 @@ class FaultRig(Rig):
             ).fetchall()
         return [(str(b), int(s), float(t)) for b, s, t in rows]
 
+    async def stored(self, device_id: str) -> list[tuple[str, int, float, float]]:
+        """(boot_id, seq, sent_at, received_at) of every report the hub stored for `device_id`, by seq."""
+
+        def read() -> list[tuple[str, int, float, float]]:
+            with sqlite3.connect(f"file:{self.hub_dir / 'hub.db'}?mode=ro", uri=True, timeout=10) as db:
+                rows = db.execute(
+                    "SELECT boot_id, seq, sent_at, received_at FROM telemetry WHERE device_id = ? ORDER BY seq",
+                    (device_id,),
+                ).fetchall()
+            return [(str(b), int(s), float(t), float(r)) for b, s, t, r in rows]
+
+        return await asyncio.to_thread(read)
+
     # --- teardown ---------------------------------------------------------------------------------
 
     def assert_no_leftovers(self) -> None:
