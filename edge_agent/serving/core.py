@@ -266,18 +266,26 @@ class ServingCore:
             raise self._registry.unknown(name, version)
         return Target(spec, model)
 
-    def shed(self, target: Target) -> None:
+    def shed(self, target: Target, *, age_s: float = 0.0) -> None:
         """Pre-admission before the body is read: Rejected (503) if the request cannot run locally in time
-        and no pool can take it, whatever its body says; counted as rejected like any other refusal."""
+        and no pool can take it, whatever its body says; counted as rejected like any other refusal.
+        `age_s`: how long ago the request's first byte arrived (its deadline counts from then)."""
         admission = self._admission
         if admission is None or not target.model.ready:
             return  # the full path reports these
         pipeline = target.pipeline
-        rejected = admission.shed(pipeline, target.model.key, self.scheduler.now() + pipeline.deadline_ms / 1000.0)
+        deadline = self.scheduler.now() - age_s + pipeline.deadline_ms / 1000.0
+        rejected = admission.shed(pipeline, target.model.key, deadline)
         if rejected is None:
             return
         self._count(pipeline.name, "rejected", 0.0, False)
         raise rejected
+
+    def expired(self, target: Target, age_s: float, why: str) -> Expired:
+        """The refusal of a request that ran out of time before it could be queued (e.g. its body came too
+        slowly), counted as expired; the caller raises it."""
+        self._count(target.pipeline.name, "expired", age_s, False)
+        return Expired(f"model {target.pipeline.name!r}: {why}")
 
     def versions(self, target: Target) -> list[str]:
         """Versions a V2 model name can be called with."""
@@ -335,14 +343,18 @@ class ServingCore:
         *,
         priority: int = 0,
         timeout_us: int | None = None,
+        age_s: float = 0.0,
     ) -> Served:
         """Validate and serve one request locally or on a cloud pool; returns the outputs and where it ran.
 
         `priority` is Triton's request level (0 = default, 1 = highest; it may lower the pipeline's class,
-        never raise it) and `timeout_us` its timeout (shortens the pipeline's deadline).
+        never raise it) and `timeout_us` its timeout (shortens the pipeline's deadline); `age_s` how long ago
+        its first byte arrived: deadline and latency count from then. A safety answer that would come after
+        its deadline is refused (Expired, 503), never returned late.
         """
         pipeline = target.pipeline
-        start = self.scheduler.now()
+        start = self.scheduler.now() - age_s
+        deadline = start + budget_s(pipeline.deadline_ms, timeout_us)
         outcome: Outcome = "rejected"
         ok = False
         try:
@@ -364,9 +376,14 @@ class ServingCore:
                 rows,
                 requested=requested,
                 rank=effective_rank(pipeline.priority, priority),
-                deadline=start + budget_s(pipeline.deadline_ms, timeout_us),
+                deadline=deadline,
             )
             outcome, ok = served.where, True
+            if pipeline.priority == "safety" and self.scheduler.now() > start + budget_s(
+                pipeline.deadline_ms, timeout_us
+            ):
+                ok = False
+                raise Expired(f"model {pipeline.name!r}: the answer came after the request's deadline (refused)")
         except Expired:
             outcome = "expired"
             raise
