@@ -17,6 +17,7 @@ from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubError
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.pki import HubIdentity
+from cloud_hub.pki.identity import replica_cn
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class BrokerLinks:
 
         for url in self.config.brokers:
             broker = BrokerUrl.parse(url)
-            ctx = self.identity.mqtt_ssl_context(self.config.broker_cafile) if broker.tls else None
+            cn = replica_cn(self.config.data_dir, self.config.mqtt_identity, client_id)
+            ctx = self.identity.mqtt_ssl_context(self.config.broker_cafile, cn) if broker.tls else None
             gauge = self.metrics.broker_connected.labels(broker=str(broker))
 
             def connected(up: bool, gauge: Gauge = gauge) -> None:

@@ -95,5 +95,12 @@ def _broker_cert(args: argparse.Namespace) -> int:
         "edgefleet-broker", out / "broker.pem", out / "broker.key", server=True, hosts=tuple(args.name)
     )
     shutil.copyfile(identity.paths.ca_cert, out / "edgefleet-ca.pem")
-    print(f"wrote {out / 'broker.pem'}, {out / 'broker.key'} (0600) and {out / 'edgefleet-ca.pem'}")
+    # The broker's crlfile (on by default: mosquitto will not start without it): the hub's current CRL,
+    # or an empty one from the CA before the hub has ever run.
+    if identity.paths.crl.exists():
+        shutil.copyfile(identity.paths.crl, out / "edgefleet.crl")
+    else:
+        identity.ca.write_crl(out / "edgefleet.crl", [])
+    written = [out / "broker.pem", out / "broker.key", out / "edgefleet-ca.pem", out / "edgefleet.crl"]
+    print(f"wrote {', '.join(map(str, written))} (the key 0600)")
     return 0

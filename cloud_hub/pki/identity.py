@@ -147,11 +147,15 @@ class HubIdentity:
         ctx.load_verify_locations(cafile=str(self.paths.ca_cert))
         return ctx
 
-    def mqtt_ssl_context(self, cafile: Path | None = None) -> ssl.SSLContext:
-        """TLS client context for the broker: trust `cafile` (default the hub CA), present the hub identity."""
+    def mqtt_ssl_context(self, cafile: Path | None = None, cn: str | None = None) -> ssl.SSLContext:
+        """TLS client context for the broker: trust `cafile` (default the hub CA), present the hub identity
+        (or the one for `cn`, issued on first use: another replica on the same data dir)."""
+        paths = self.paths if cn is None or cn == self.paths.mqtt_cn else HubPaths(self.paths.data_dir, cn)
+        if paths is not self.paths:
+            _ensure_leaf(self.ca, paths.hub_cert, paths.hub_key, cn or HUB_CN, server=False, hosts=())
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cafile or self.paths.ca_cert))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(self.paths.hub_cert), str(self.paths.hub_key))
+        ctx.load_cert_chain(str(paths.hub_cert), str(paths.hub_key))
         return ctx
 
     def issue_keypair(
@@ -205,3 +209,18 @@ def _sans(cert: x509.Certificate) -> set[str]:
     except x509.ExtensionNotFound:
         return set()
     return {str(n.value) for n in ext if isinstance(n, x509.DNSName | x509.IPAddress)}
+
+
+def replica_cn(data_dir: Path, configured: str, client_id: str | None) -> str:
+    """The MQTT certificate CN of a hub process: the configured `mqtt_identity`, except that with the
+    default one, the process that took client-id slot k > 0 of a shared data dir (`mqtt-client-id.k`)
+    is `edgefleet-hub-{k+1}`: the broker makes the CN the client id, so replicas need distinct CNs."""
+    if configured != HUB_CN or client_id is None:
+        return configured
+    for slot in range(1, 64):
+        path = data_dir / f"mqtt-client-id.{slot}"
+        if not path.exists():
+            break
+        if path.read_text(encoding="ascii").strip() == client_id:
+            return f"{HUB_CN}-{slot + 1}"
+    return configured

@@ -22,6 +22,7 @@ from cloud_hub.broker import dynsec
 from deploy.local.broker_config import (
     DEFAULT_PREFIX,
     FLAVOURS,
+    HUB_REPLICAS,
     HUB_USERNAME,
     Authz,
     Flavour,
@@ -69,8 +70,9 @@ async def start_broker(sup: Supervisor, workdir: Path, tls_dir: Path, prefix: st
     for attempt in range(3):
         port = free_port()
         text = broker_config(
-            "mtls", port, log_path=log_path, tls=tls, acl_path=workdir / "acl.conf", prefix=prefix, verbose_log=None
-        )
+            "mtls", port, log_path=log_path, tls=tls, acl_path=workdir / "acl.conf", prefix=prefix, verbose_log=None,
+            crlfile=tls.crlfile, hub_usernames=HUB_REPLICAS,
+        )  # fmt: skip
         conf.write_text(text)
         child = sup.spawn(f"mosquitto-{attempt}" if attempt else "mosquitto", [binary, "-c", str(conf)])
         if await accepting(child, port):  # not alive: most likely the port was taken meanwhile, try another

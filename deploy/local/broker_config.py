@@ -34,6 +34,8 @@ RIG_ADMIN = "edgefleet-rig-admin"
 
 DEFAULT_PREFIX = "edgefleet/v1"
 HUB_USERNAME = "edgefleet-hub"
+# The local stack's hub identities: one CN per replica process on a shared data dir (cloud_hub.pki.replica_cn).
+HUB_REPLICAS = (HUB_USERNAME, *(f"{HUB_USERNAME}-{n}" for n in range(2, 5)))
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy" / "mosquitto"
@@ -97,11 +99,15 @@ class ServerTLS:
     cafile: Path
     server_certfile: Path
     server_keyfile: Path
+    crlfile: Path | None = None
 
     @classmethod
     def from_broker_cert_dir(cls, tls_dir: Path) -> ServerTLS:
         """The files `cloud-hub pki broker-cert` wrote to `tls_dir`."""
-        return cls(tls_dir / "edgefleet-ca.pem", tls_dir / "broker.pem", tls_dir / "broker.key")
+        crl = tls_dir / "edgefleet.crl"
+        return cls(
+            tls_dir / "edgefleet-ca.pem", tls_dir / "broker.pem", tls_dir / "broker.key", crl if crl.exists() else None
+        )
 
 
 def render_acl(
@@ -243,4 +249,7 @@ def broker_config(
 def render_config(port: int, tls_dir: Path, acl: Path, log_file: Path) -> str:
     """The production config on `port` with the files of `cloud-hub pki broker-cert` (the demo's broker)."""
     tls = ServerTLS.from_broker_cert_dir(tls_dir)
-    return broker_config("mtls", port, log_path=log_file, tls=tls, acl_path=acl, verbose_log=None)
+    return broker_config(
+        "mtls", port, log_path=log_file, tls=tls, acl_path=acl, verbose_log=None, crlfile=tls.crlfile,
+        hub_usernames=HUB_REPLICAS,
+    )  # fmt: skip

@@ -26,8 +26,10 @@ REPORTS_PER_DEVICE = 9
 HONEST = ("dock-1", "dock-2")
 
 
-def hub_ca_broker(tmp_path: Path, mosquitto_bin: str, identity: HubIdentity, authz: Authz) -> Mosquitto:
-    """The production mTLS broker trusting the hub CA, authorising with `authz`."""
+def hub_ca_broker(
+    tmp_path: Path, mosquitto_bin: str, identity: HubIdentity, authz: Authz, *, crl: bool = False
+) -> Mosquitto:
+    """The production mTLS broker trusting the hub CA, authorising with `authz` (with the hub's CRL)."""
 
     class Files:
         cafile = identity.paths.ca_cert
@@ -36,7 +38,12 @@ def hub_ca_broker(tmp_path: Path, mosquitto_bin: str, identity: HubIdentity, aut
 
     identity.issue_keypair("edgefleet-broker", Files.server_certfile, Files.server_keyfile, server=True,
                            hosts=("localhost", "127.0.0.1"))  # fmt: skip
-    broker = Mosquitto("mtls", tmp_path / f"mosquitto-{authz}", pki=Files(), authz=authz, binary=mosquitto_bin)
+    crlfile = identity.paths.crl if crl else None
+    if crlfile is not None:
+        identity.ca.write_crl(crlfile, [])
+    broker = Mosquitto(
+        "mtls", tmp_path / f"mosquitto-{authz}", pki=Files(), authz=authz, crlfile=crlfile, binary=mosquitto_bin
+    )
     return broker.start()
 
 
