@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -230,3 +232,18 @@ def _version(url: str) -> str:
     request = urllib.request.Request(f"{url}/v2/models/collision/infer", data=body)
     with urllib.request.urlopen(request, timeout=10) as answer:
         return str(json.loads(answer.read())["model_version"])
+
+
+def test_a_cell_that_cannot_listen_stops_the_agent_with_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = _config(tmp_path, free_port(), taken.getsockname()[1], tmp_path / "cell.sock")
+        done = subprocess.run(
+            [sys.executable, "-m", "edge_agent", "serve", "--config", str(config)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1 and "cannot listen" in done.stderr, done.stderr
