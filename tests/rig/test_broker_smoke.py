@@ -391,3 +391,23 @@ def test_crlfile_is_reloaded_on_sighup_for_new_connections(
     # 2.0.x checks the CRL only in the TLS handshake: a session opened before stays up.
     live.publish(topic("dev-a", "telemetry"), b"still here")
     assert not live.disconnected.is_set()
+
+
+def test_only_the_hub_acks_telemetry_and_a_device_reads_only_its_own(
+    mosquitto_mtls: Mosquitto, probe: ProbeFactory
+) -> None:
+    ack_a, ack_b = f"{topic('dev-a', 'telemetry')}/ack", f"{topic('dev-b', 'telemetry')}/ack"
+    hub = probe(mosquitto_mtls, HUB_USERNAME).connect()
+    device_a = probe(mosquitto_mtls, "dev-a").connect()
+    device_b = probe(mosquitto_mtls, "dev-b").connect()
+    device_a.subscribe(ack_a)
+    device_a.subscribe(ack_b)
+    device_a.subscribe(f"{PREFIX}/devices/+/telemetry/ack")
+    device_b.subscribe(ack_b)
+    device_b.publish(ack_a, b"forged by b")  # a device may not acknowledge anything, its own or another's
+    device_a.publish(ack_a, b"forged by a")
+    hub.publish(ack_b, b"ack for b")
+    hub.publish(ack_a, b"ack for a")
+    device_b.wait_for(ack_b, b"ack for b")
+    device_a.wait_for(ack_a, b"ack for a")
+    assert [(m.topic, m.payload) for m in device_a.messages] == [(ack_a, b"ack for a")]
