@@ -325,11 +325,8 @@ def _from_json(data: object, spec: _Spec) -> np.ndarray[Any, Any]:
     return _floats_in_range(raw, datatype, dtype, where).reshape(shape)
 
 
-def _floats_in_range(
-    raw: np.ndarray[Any, Any], datatype: str, dtype: np.dtype[Any], where: str
-) -> np.ndarray[Any, Any]:
-    """`raw` cast to FP16/FP32/FP64; a finite JSON number beyond the type's range (e.g. 1e39 as FP32) is refused,
-    as out-of-range integers are (NaN and infinity literals pass: tritonclient sends them)."""
+def _floats_in_range(raw: np.ndarray[Any, Any], datatype: str, dtype: Any, where: str) -> np.ndarray[Any, Any]:
+    """`raw` cast to `dtype`; finite numbers beyond its range (1e39 as FP32) are refused, NaN/inf literals pass."""
     with np.errstate(over="ignore"):
         cast = raw.astype(dtype, copy=False)
     if dtype.itemsize < raw.dtype.itemsize and np.isinf(cast).sum() != np.isinf(raw).sum():
