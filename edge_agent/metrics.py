@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -96,6 +97,11 @@ class Metrics:
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
         self._batch_children: dict[str, tuple[Histogram, Histogram]] = {}
+        # Running totals for Triton's statistics extension (http/triton.py): per V2 name, [successes,
+        # their seconds, failures, their seconds, unix time of the last one]; per model version, batch size
+        # -> [executions, seconds].
+        self.request_totals: dict[str, list[float]] = {}
+        self.batch_totals: dict[str, dict[int, list[float]]] = {}
 
     def watch(self, queue_rows: Callable[[], dict[str, int]], model_ready: Callable[[], dict[str, bool]]) -> None:
         """Export queue depth and readiness read from the core at scrape time."""
@@ -111,6 +117,13 @@ class Metrics:
         if hist is None:
             hist = self._latency_children[model] = self.latency.labels(model)
         hist.observe(seconds)
+        totals = self.request_totals.get(model)
+        if totals is None:
+            totals = self.request_totals[model] = [0, 0.0, 0, 0.0, 0.0]
+        slot = 0 if code == 200 else 2
+        totals[slot] += 1
+        totals[slot + 1] += seconds
+        totals[4] = time.time()
 
     def observe_error(self, model: str, kind: str) -> None:
         """Count one failed request by error kind."""
@@ -123,6 +136,12 @@ class Metrics:
             children = self._batch_children[model] = (self.batch_size.labels(model), self.inference.labels(model))
         children[0].observe(rows)
         children[1].observe(seconds)
+        sizes = self.batch_totals.setdefault(model, {})
+        tally = sizes.get(rows)
+        if tally is None:
+            tally = sizes[rows] = [0, 0.0]
+        tally[0] += 1
+        tally[1] += seconds
 
     def observe_outcome(self, model: str, outcome: str) -> None:
         """Count one request by where it went (local, cloud, rejected, expired): the `route` label."""

@@ -6,12 +6,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_agent.config import HttpConfig
-from edge_agent.http import v2
+from edge_agent.http import repository, triton, v2
 from edge_agent.http.auth import read_token, token_middleware, warn_if_exposed
 from edge_agent.http.errors import error_middleware
 from edge_agent.http.keys import CORE_KEY, METRICS_KEY
 from edge_agent.http.openapi import openapi_document
 from edge_agent.metrics import Metrics
+from edge_agent.serving.control import ModelControl
 from edge_agent.serving.core import ServingCore
 
 __all__ = ["make_app"]
@@ -36,6 +37,9 @@ def make_app(core: ServingCore, metrics: Metrics, http: HttpConfig) -> web.Appli
     app = web.Application(client_max_size=http.max_body_bytes, middlewares=middlewares)
     app[CORE_KEY] = core
     app[METRICS_KEY] = metrics
+    app[repository.CONTROL_KEY] = ModelControl(core)
+    app.add_routes(triton.routes())  # first: /v2/models/stats must not be read as a model named "stats"
+    app.add_routes(repository.routes())
     app.add_routes(v2.routes())
     app.add_routes(
         [

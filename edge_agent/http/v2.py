@@ -11,6 +11,7 @@ from aiohttp import web
 from edge_agent.errors import InvalidInput, Unavailable
 from edge_agent.http.errors import error_kind, error_response
 from edge_agent.http.keys import CORE_KEY, METRICS_KEY
+from edge_agent.http.triton import classify
 from edge_agent.serving.registry import LoadedModel
 from protocols.binary import HEADER_LENGTH, decode_request, encode_response
 
@@ -93,7 +94,7 @@ async def infer(request: web.Request) -> web.Response:
             model_name=name,
             model_version=target.model.version,
             id=decoded.id,
-            outputs=served.outputs,
+            outputs=classify(served.outputs, wanted, target.model.max_batch_size > 0),
             binary=binary,
             parameters={ROUTE_PARAMETER: served.where},
         )

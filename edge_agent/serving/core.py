@@ -39,7 +39,9 @@ logger = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 SERVER_NAME = "edgefleet-edge-agent"
-EXTENSIONS = ("binary_tensor_data", "parameters")
+# Triton's extension names (docs/triton-compat.md); not sequence, shared memory, trace, schedule_policy.
+_EXTENSIONS = "binary_tensor_data parameters classification model_configuration model_repository statistics logging"
+EXTENSIONS = tuple(_EXTENSIONS.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,7 @@ def _zeros(spec: TensorSpec, rows: int | None) -> np.ndarray[Any, Any]:
     """A zero-filled input; `rows` sets the batch axis (None: no batch axis), other -1 dims become 1."""
     shape = [rows if i == 0 and rows is not None else (1 if d == -1 else d) for i, d in enumerate(spec.shape)]
     if spec.datatype == "BYTES":
-        return np.full(shape, b"", dtype=object)
+        return np.full(shape, b"0", dtype=object)  # "0": also valid where strings are parsed as numbers
     return np.zeros(shape, dtype=numpy_dtype(spec.datatype))
 
 

@@ -176,6 +176,10 @@ class ModelRegistry:
             raise NotFound(f"model {name!r} version {version!r} is not loaded")
         self._active[name] = version
 
+    def deactivate(self, name: str) -> None:
+        """Make no version of `name` active (before unloading all of them: explicit unload)."""
+        self._active.pop(name, None)
+
     def active_version(self, name: str) -> str | None:
         """The version new requests for model `name` go to."""
         return self._active.get(name)
@@ -185,6 +189,8 @@ class ModelRegistry:
         if self._failed:
             return False
         for name, versions in self._models.items():
+            if not versions:
+                continue  # every version unloaded (explicit unload): not served, not a readiness concern
             active = self._active.get(name)
             model = versions.get(active) if active is not None else None
             if model is None or not model.ready:
