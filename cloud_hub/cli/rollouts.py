@@ -34,6 +34,9 @@ def add_parser(sub: Any, client_flags: Callable[[argparse.ArgumentParser], None]
     create.add_argument("--waves", default="100%", help="cumulative percentages after the canary, e.g. 10%%,50%%,100%%")
     create.add_argument("--bake", default="60s", help="how long a settled wave is watched before the next")
     create.add_argument("--max-failures", default="0%", help="failed devices allowed, %% of those targeted so far")
+    create.add_argument(
+        "--min-failed", type=int, default=2, help="quorum: failed devices needed before the fleet is rolled back"
+    )
     create.add_argument("--max-p99-increase", help="halt when a pipeline's p99 rises more than this %% over baseline")
     create.add_argument("--max-error-rate", help="halt when a device's error rate exceeds this %%")
     create.add_argument("--deadline", help="longest a wave waits for its online devices, e.g. 1h")
@@ -69,6 +72,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "waves_pct": [_pct(w) for w in args.waves.split(",") if w.strip()],
             "bake_s": parse_duration(args.bake),
             "max_failures_pct": _pct(args.max_failures),
+            "min_failed_devices": args.min_failed,
             "max_p99_increase_pct": _pct(args.max_p99_increase) if args.max_p99_increase else None,
             "max_error_rate_pct": _pct(args.max_error_rate) if args.max_error_rate else None,
             "deadline_s": parse_duration(args.deadline) if args.deadline else None,
@@ -157,7 +161,8 @@ def _gates(spec: dict[str, Any]) -> str:
     p99_text = "off" if p99 is None else f"+{p99:g}%"
     errors_text = "off" if errors is None else f"<= {errors:g}%"
     return (
-        f"failures <= {spec['max_failures_pct']:g}%, p99 {p99_text}, error rate {errors_text}, bake {spec['bake_s']:g}s"
+        f"failures <= {spec['max_failures_pct']:g}% (quorum {spec.get('min_failed_devices', 1)}), "
+        f"p99 {p99_text}, error rate {errors_text}, bake {spec['bake_s']:g}s"
     )
 
 

@@ -6,11 +6,13 @@ performs the actions (desired-state writes) and persists the result in one trans
 Rules (also in docs/rollouts.md):
 - Waves run in order. A wave settles when none of its devices is `updating` (each is active, failed, or
   pending = offline / past the deadline). A settled wave bakes `bake_s`, then the next wave starts.
-- Gates, checked on every step while running: failed devices among those targeted so far above
-  floor(max_failures_pct x targeted) (so below one device, one failure halts); a device's error rate on the
-  model's pipelines above max_error_rate_pct (with at least MIN_GATE_REQUESTS requests); a pipeline's p99
-  above its device's own pre-update baseline by more than max_p99_increase_pct (and by >= P99_MIN_INCREASE_MS).
-- A breach sets the rollout `rolled_back` and reverts every touched device to its previous version.
+- Per device, on every step while running: a reported failure, or a gate breach: its error rate on the
+  model's pipelines above max_error_rate_pct (with at least MIN_GATE_REQUESTS requests), or a pipeline's
+  p99 above its device's own pre-update baseline by more than max_p99_increase_pct (and by >=
+  P99_MIN_INCREASE_MS). A breaching device is reverted alone (`rolled_back` with the reason).
+- Fleet rollback (quorum): when the bad devices among those targeted so far are more than
+  floor(max_failures_pct x targeted) and at least min_failed_devices (default 2), the rollout is set
+  `rolled_back` and every touched device is reverted. One device alone (a broken or lying one) cannot.
 - Pending devices never block and never count as failed; the last wave then ends `completed_with_pending`,
   which becomes `completed` once none is pending or updating.
 """
@@ -27,6 +29,7 @@ from cloud_hub.rollouts.model import (
     TOUCHED,
     DeviceStatus,
     Rollout,
+    RolloutSpec,
     RolloutState,
     TargetDevice,
     allowed_failures,
@@ -94,38 +97,61 @@ def observe(d: TargetDevice, o: DeviceObservation | None, now: float) -> TargetD
     return d
 
 
-def check_gates(r: Rollout, obs: Observations) -> str | None:
-    """Why the rollout must halt, or None."""
+def gate_breach(d: TargetDevice, o: DeviceObservation | None, spec: RolloutSpec) -> str | None:
+    """Why an active device's telemetry breaches a gate (error rate, p99 against its baseline), or None."""
+    if d.status != "active" or o is None:
+        return None
+    if spec.max_error_rate_pct is not None and o.requests >= MIN_GATE_REQUESTS:
+        rate = 100 * o.errors / o.requests
+        if rate > spec.max_error_rate_pct:
+            return f"device {d.device_id}: error rate {rate:.1f}% > {spec.max_error_rate_pct:g}%"
+    if spec.max_p99_increase_pct is not None and d.baseline:
+        for pipeline, p99 in sorted(o.p99_ms.items()):
+            base = d.baseline.get(pipeline)
+            if base is None or base <= 0:
+                continue
+            limit = base * (1 + spec.max_p99_increase_pct / 100)
+            if p99 > limit and p99 - base >= P99_MIN_INCREASE_MS:
+                return (
+                    f"device {d.device_id}: pipeline {pipeline} p99 {p99:.1f} ms > baseline {base:.1f} ms "
+                    f"+{spec.max_p99_increase_pct:g}%"
+                )
+    return None
+
+
+def check_gates(r: Rollout, obs: Observations) -> tuple[str | None, dict[str, str]]:
+    """(why the whole rollout must roll back or None, {device: why} of gate breaches that are only that
+    device's failure). The fleet rolls back when the bad devices (failed + breaching) are more than
+    floor(max_failures_pct x targeted) *and* at least min_failed_devices (the quorum)."""
     spec = r.spec
-    touched = [d for d in r.devices if d.status in TOUCHED]
-    failed = [d for d in touched if d.status == "failed"]
+    # While a rollout runs, a rolled_back device is an outlier reverted alone: it counts as failed.
+    touched = [d for d in r.devices if d.status in (*TOUCHED, "rolled_back")]
+    failed = [d for d in touched if d.status in ("failed", "rolled_back")]
+    breaches = {d.device_id: why for d in touched if (why := gate_breach(d, obs.get(d.device_id), spec))}
+    bad = len(failed) + len(breaches)
     allowed = allowed_failures(len(touched), spec.max_failures_pct)
-    if len(failed) > allowed:
+    if bad <= allowed or bad < spec.min_failed_devices:
+        return None, breaches
+    if not breaches:
         first = failed[0]
         return (
             f"{len(failed)} of {len(touched)} targeted devices failed (allowed {allowed} at "
             f"{spec.max_failures_pct:g}%); {first.device_id}: {first.error}"
-        )
-    for d in touched:
-        o = obs.get(d.device_id)
-        if d.status != "active" or o is None:
-            continue
-        if spec.max_error_rate_pct is not None and o.requests >= MIN_GATE_REQUESTS:
-            rate = 100 * o.errors / o.requests
-            if rate > spec.max_error_rate_pct:
-                return f"device {d.device_id}: error rate {rate:.1f}% > {spec.max_error_rate_pct:g}%"
-        if spec.max_p99_increase_pct is not None and d.baseline:
-            for pipeline, p99 in sorted(o.p99_ms.items()):
-                base = d.baseline.get(pipeline)
-                if base is None or base <= 0:
-                    continue
-                limit = base * (1 + spec.max_p99_increase_pct / 100)
-                if p99 > limit and p99 - base >= P99_MIN_INCREASE_MS:
-                    return (
-                        f"device {d.device_id}: pipeline {pipeline} p99 {p99:.1f} ms > baseline {base:.1f} ms "
-                        f"+{spec.max_p99_increase_pct:g}%"
-                    )
-    return None
+        ), {}
+    if bad == 1:
+        return next(iter(breaches.values())), {}
+    first_why = next(iter(breaches.values()))
+    return (
+        f"{bad} of {len(touched)} targeted devices failed or breached a gate (allowed {allowed} at "
+        f"{spec.max_failures_pct:g}%, quorum {spec.min_failed_devices}); {first_why}"
+    ), {}
+
+
+def _fail_outliers(r: Rollout, outliers: Mapping[str, str], now: float) -> Step:
+    """Gate breaches below the quorum: each is that device's failure, reverted alone (`rolled_back`, with
+    the reason as its error; it still counts towards the quorum)."""
+    changed = {i: _set(d, now, "rolled_back", error=outliers[i]) for d in r.devices if (i := d.device_id) in outliers}
+    return Step(dataclasses.replace(_replace_devices(r, changed), updated_at=now), (RevertDesired(tuple(changed)),))
 
 
 def _replace_devices(r: Rollout, changed: Mapping[str, TargetDevice]) -> Rollout:
@@ -164,9 +190,11 @@ def step(r: Rollout, obs: Observations, now: float) -> Step:  # noqa: PLR0911  #
         return _start_wave(r, 0, now)
     if r.state == "completed_with_pending":
         return Step(_finish(r, now))
-    breach = check_gates(r, obs)
+    breach, outliers = check_gates(r, obs)
     if breach is not None:
         return _revert_touched(r, now, "rolled_back", breach)
+    if outliers:
+        return _fail_outliers(r, outliers, now)
     if r.phase == "updating":
         late = {d.device_id: d for d in r.in_wave(r.wave) if d.status == "updating"}
         deadline = r.spec.deadline_s

@@ -8,7 +8,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 from protocols.common import Name, Version
 from protocols.messages import ApplyPolicy, Labels
@@ -39,6 +48,12 @@ class RolloutSpec(BaseModel):
     bake_s: NonNegativeFloat = Field(default=60.0, description="Seconds a settled wave is watched before the next.")
     max_failures_pct: NonNegativeFloat = Field(
         default=0.0, le=100, description="Failed devices allowed, as % of those targeted so far (rounded down)."
+    )
+    min_failed_devices: PositiveInt = Field(
+        default=2,
+        description="Quorum: failed devices (reported failures and gate breaches) needed, on top of "
+        "max_failures_pct, before the whole rollout is rolled back. Below it a failure is that device's own: "
+        "it is marked failed (and, for a gate breach, reverted) and the rollout goes on.",
     )
     max_p99_increase_pct: NonNegativeFloat | None = Field(
         default=None, description="Halt when a pipeline's p99 exceeds its device's own baseline by more."

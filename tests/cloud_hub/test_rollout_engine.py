@@ -85,7 +85,7 @@ def test_canary_then_waves_then_completed() -> None:
 
 
 def test_canary_failure_reverts_only_the_canary() -> None:
-    r = make(5)
+    r = make(5, min_failed_devices=1)  # a quorum of one: the canary alone decides
     r = written(r, engine.step(r, {}, 0.0))
     s = engine.step(r, {"d00": Obs(online=True, phase="failed", error="warm-up failed")}, 1.0)
     assert s.rollout.state == "rolled_back"
@@ -107,7 +107,7 @@ def test_failures_within_budget_do_not_halt() -> None:
 
 
 def test_p99_gate_against_each_devices_own_baseline() -> None:
-    r = make(3, canary=1, waves_pct=(100,), max_p99_increase_pct=50)
+    r = make(3, canary=1, waves_pct=(100,), max_p99_increase_pct=50, min_failed_devices=1)
     r = written(r, engine.step(r, {}, 0.0))
     r = dataclasses.replace(
         r, devices=tuple(dataclasses.replace(d, baseline={"detect": 10.0}) if d.wave == 0 else d for d in r.devices)
@@ -123,7 +123,7 @@ def test_p99_gate_against_each_devices_own_baseline() -> None:
 
 
 def test_error_rate_gate_needs_enough_requests() -> None:
-    r = make(2, canary=1, waves_pct=(100,), max_error_rate_pct=5)
+    r = make(2, canary=1, waves_pct=(100,), max_error_rate_pct=5, min_failed_devices=1)
     r = written(r, engine.step(r, {}, 0.0))
     r = engine.step(r, {"d00": ACTIVE}, 1.0).rollout
     few = Obs(online=True, phase="active", requests=10, errors=5)
@@ -180,3 +180,42 @@ def test_pause_resume_abort() -> None:
     assert s.rollout.state == "aborted" and s.actions == ()
     with pytest.raises(Conflict):
         engine.abort(s.rollout, 208.0, rollback=False)
+
+
+def test_a_lone_failure_is_that_devices_own_below_the_quorum() -> None:
+    # One device reports failed (broken or lying): it is marked failed, the rollout goes on.
+    r = make(5)  # quorum: min_failed_devices = 2
+    r = written(r, engine.step(r, {}, 0.0))
+    s = engine.step(r, {"d00": Obs(online=True, phase="failed", error="warm-up failed")}, 1.0)
+    assert s.rollout.state == "running" and s.actions == ()
+    assert statuses(s.rollout)["d00"] == "failed" and s.rollout.devices[0].error == "warm-up failed"
+    s = engine.step(s.rollout, {"d00": Obs(online=True, phase="failed")}, 11.0)
+    assert s.actions == (WriteDesired(("d01", "d02")),)
+    # A second failure meets the quorum: now the fleet rolls back.
+    r = written(s.rollout, s)
+    s = engine.step(
+        r, {"d00": Obs(online=True, phase="failed"), "d01": Obs(online=True, phase="failed", error="e")}, 12.0
+    )
+    assert s.rollout.state == "rolled_back" and s.rollout.reason is not None
+    assert s.rollout.reason.startswith("2 of 3 targeted devices failed")
+    assert s.actions == (RevertDesired(("d00", "d01", "d02")),)
+
+
+def test_a_lone_gate_breach_reverts_that_device_only() -> None:
+    r = make(4, canary=0, waves_pct=(100,), max_error_rate_pct=5, bake_s=10)
+    r = written(r, engine.step(r, {}, 0.0))
+    obs = {d.device_id: Obs(online=True, phase="active", requests=100, errors=0) for d in r.devices}
+    r = engine.step(r, obs, 1.0).rollout
+    obs["d02"] = Obs(online=True, phase="active", requests=100, errors=100)  # 100 % errors
+    s = engine.step(r, obs, 2.0)
+    assert s.rollout.state == "running"
+    assert s.actions == (RevertDesired(("d02",)),)
+    assert statuses(s.rollout)["d02"] == "rolled_back" and "error rate 100.0%" in str(s.rollout.devices[2].error)
+    s = engine.step(s.rollout, obs, 12.0)
+    assert s.rollout.state == "completed" and statuses(s.rollout)["d02"] == "rolled_back"
+    assert s.rollout.summary()["counts"] == {"active": 3, "rolled_back": 1}  # reported
+    # A second breach meets the quorum (2 bad of 4 > floor(0)): had it come before the end, the fleet rolls back.
+    obs["d03"] = Obs(online=True, phase="active", requests=100, errors=100)
+    r2 = dataclasses.replace(s.rollout, state="running", phase="baking", phase_since=12.0)
+    s = engine.step(r2, obs, 13.0)
+    assert s.rollout.state == "rolled_back" and s.rollout.reason is not None and "quorum 2" in s.rollout.reason

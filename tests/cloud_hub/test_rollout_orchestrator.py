@@ -190,7 +190,7 @@ async def test_canary_failure_rolls_back_and_never_touches_the_others(rig: Rig) 
     async with rig.store.begin() as conn:
         await orch.writer.set_models(conn, {"d1": ("tiny-cnn", v1)})
     service = RolloutService(orch)
-    r = await service.create(spec(canary=2, waves_pct=(100,)))
+    r = await service.create(spec(canary=2, waves_pct=(100,), min_failed_devices=1))
     await orch.tick()
     assert rig.broker.revisions("d0") == [1] and rig.broker.revisions("d1") == [1, 2]
     await rig.report("d0", 1, "failed", error="warm-up failed: boom")
@@ -211,7 +211,7 @@ async def test_canary_failure_rolls_back_and_never_touches_the_others(rig: Rig) 
 async def test_device_without_previous_version_gets_the_model_removed(rig: Rig) -> None:
     await rig.add_device("d0", {"site": "a"})
     orch = rig.orchestrator()
-    r = await RolloutService(orch).create(spec(waves_pct=(100,)))
+    r = await RolloutService(orch).create(spec(waves_pct=(100,), min_failed_devices=1))
     await orch.tick()
     await rig.report("d0", 1, "failed", error="bad")
     await orch.tick()
@@ -226,7 +226,7 @@ async def test_p99_gate_uses_each_devices_baseline_from_telemetry(rig: Rig) -> N
         await rig.telemetry(f"d{i}", 1, p99_ms=10.0 * (i + 1), version="1")
     orch = rig.orchestrator()
     service = RolloutService(orch)
-    r = await service.create(spec(canary=1, waves_pct=(100,), bake_s=30, max_p99_increase_pct=50))
+    r = await service.create(spec(canary=1, waves_pct=(100,), bake_s=30, max_p99_increase_pct=50, min_failed_devices=1))
     await orch.tick()
     assert (await service.get(r.id)).devices[0].baseline == {"detect": 10.0}
     rig.clock.now += 1
