@@ -11,8 +11,10 @@ Rules (also in docs/rollouts.md):
   p99 above its device's own pre-update baseline by more than max_p99_increase_pct (and by >=
   P99_MIN_INCREASE_MS). A breaching device is reverted alone (`rolled_back` with the reason).
 - Fleet rollback (quorum): when the bad devices among those targeted so far are more than
-  floor(max_failures_pct x targeted) and at least min_failed_devices (default 2), the rollout is set
-  `rolled_back` and every touched device is reverted. One device alone (a broken or lying one) cannot.
+  floor(max_failures_pct x targeted) and at least min_failed_devices (default 2; fewer when fewer devices
+  are targeted so far, so a bad canary of one still halts before the others are touched), the rollout is
+  set `rolled_back` and every touched device is reverted. Past the canary one device alone (a broken or
+  lying one) cannot.
 - Pending devices never block and never count as failed; the last wave then ends `completed_with_pending`,
   which becomes `completed` once none is pending or updating.
 """
@@ -130,7 +132,10 @@ def check_gates(r: Rollout, obs: Observations) -> tuple[str | None, dict[str, st
     breaches = {d.device_id: why for d in touched if (why := gate_breach(d, obs.get(d.device_id), spec))}
     bad = len(failed) + len(breaches)
     allowed = allowed_failures(len(touched), spec.max_failures_pct)
-    if bad <= allowed or bad < spec.min_failed_devices:
+    # Fewer devices targeted than the quorum (a canary of one) decide alone: a bad canary still halts
+    # before the others are touched.
+    quorum = min(spec.min_failed_devices, len(touched))
+    if bad <= allowed or bad < quorum:
         return None, breaches
     if not breaches:
         first = failed[0]
@@ -143,7 +148,7 @@ def check_gates(r: Rollout, obs: Observations) -> tuple[str | None, dict[str, st
     first_why = next(iter(breaches.values()))
     return (
         f"{bad} of {len(touched)} targeted devices failed or breached a gate (allowed {allowed} at "
-        f"{spec.max_failures_pct:g}%, quorum {spec.min_failed_devices}); {first_why}"
+        f"{spec.max_failures_pct:g}%, quorum {quorum}); {first_why}"
     ), {}
 
 

@@ -184,21 +184,27 @@ def test_pause_resume_abort() -> None:
 
 def test_a_lone_failure_is_that_devices_own_below_the_quorum() -> None:
     # One device reports failed (broken or lying): it is marked failed, the rollout goes on.
-    r = make(5)  # quorum: min_failed_devices = 2
+    r = make(6, canary=2, waves_pct=(100,))  # quorum: min_failed_devices = 2
     r = written(r, engine.step(r, {}, 0.0))
-    s = engine.step(r, {"d00": Obs(online=True, phase="failed", error="warm-up failed")}, 1.0)
+    obs = {"d00": Obs(online=True, phase="failed", error="warm-up failed"), "d01": ACTIVE}
+    s = engine.step(r, obs, 1.0)
     assert s.rollout.state == "running" and s.actions == ()
     assert statuses(s.rollout)["d00"] == "failed" and s.rollout.devices[0].error == "warm-up failed"
-    s = engine.step(s.rollout, {"d00": Obs(online=True, phase="failed")}, 11.0)
-    assert s.actions == (WriteDesired(("d01", "d02")),)
+    s = engine.step(s.rollout, obs, 11.0)
+    assert s.actions == (WriteDesired(("d02", "d03", "d04", "d05")),)
     # A second failure meets the quorum: now the fleet rolls back.
     r = written(s.rollout, s)
-    s = engine.step(
-        r, {"d00": Obs(online=True, phase="failed"), "d01": Obs(online=True, phase="failed", error="e")}, 12.0
-    )
+    s = engine.step(r, obs | {"d02": Obs(online=True, phase="failed", error="e")}, 12.0)
     assert s.rollout.state == "rolled_back" and s.rollout.reason is not None
-    assert s.rollout.reason.startswith("2 of 3 targeted devices failed")
-    assert s.actions == (RevertDesired(("d00", "d01", "d02")),)
+    assert s.rollout.reason.startswith("2 of 6 targeted devices failed")
+    assert s.actions == (RevertDesired(tuple(f"d0{i}" for i in range(6))),)
+
+
+def test_a_canary_of_one_still_decides_alone() -> None:
+    r = make(5)  # canary 1 < quorum 2: the quorum is what has been targeted so far
+    r = written(r, engine.step(r, {}, 0.0))
+    s = engine.step(r, {"d00": Obs(online=True, phase="failed", error="warm-up failed")}, 1.0)
+    assert s.rollout.state == "rolled_back" and s.actions == (RevertDesired(("d00",)),)
 
 
 def test_a_lone_gate_breach_reverts_that_device_only() -> None:
