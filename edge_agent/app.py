@@ -40,6 +40,7 @@ from edge_agent.reconcile.reconciler import Reconciler
 from edge_agent.reconcile.reporter import Reporter
 from edge_agent.reconcile.state import ReconcileState
 from edge_agent.reconcile.verify import pinned_keys
+from edge_agent.serving.control import pipeline_models
 from edge_agent.serving.core import ServingCore
 from edge_agent.serving.stats import PipelineStatsSource
 from edge_agent.store import ModelStore, collect
@@ -151,7 +152,7 @@ class Agent:
         self.http = make_app(self.core, self.metrics, config.http)
         # What telemetry reports: this core's pipelines (the main process of a safety cell adds the cell's).
         self.telemetry_stats: PipelineStatsSource = self.core.stats
-        self.metrics.watch(self._queue_rows, self._model_ready)
+        self.metrics.watch(self._queue_rows, self._model_ready, lambda: pipeline_models(self.core))
         # Set once the fleet side started (None: standalone, no [fleet], or its identity could not be read).
         self.fleet: FleetService | None = None
         self.reconciler: Reconciler | None = None

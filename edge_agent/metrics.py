@@ -17,22 +17,55 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
-class _StateCollector(Collector):
-    """Reads queue depth and readiness at scrape time, so the hot path pays nothing for them."""
+# One meaning per label on every series: `model` is the V2 name a client calls (a pipeline); series of a
+# model version (batches, queues, readiness) carry `name` and `version`; edgefleet_pipeline_info maps one to
+# the other, so a dashboard filtered on pipelines can select their model versions.
+VERSION_LABELS = ["name", "version"]
 
-    def __init__(self, queue_rows: Callable[[], dict[str, int]], model_ready: Callable[[], dict[str, bool]]) -> None:
+
+def _name_version(key: str) -> list[str]:
+    """["name", "version"] of a "name:version" queue key (neither part may contain ':')."""
+    name, _, version = key.partition(":")
+    return [name, version]
+
+
+class _StateCollector(Collector):
+    """Reads queue depth, readiness and the served pipelines at scrape time: the hot path pays nothing."""
+
+    def __init__(
+        self,
+        queue_rows: Callable[[], dict[str, int]],
+        model_ready: Callable[[], dict[str, bool]],
+        pipelines: Callable[[], dict[str, tuple[str, str]]] | None = None,
+    ) -> None:
         self._queue_rows = queue_rows
         self._model_ready = model_ready
+        self._pipelines = pipelines
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("edgefleet_queue_depth_rows", "Rows waiting in a model's queue.", labels=["model"])
+        depth = GaugeMetricFamily(
+            "edgefleet_queue_depth_rows", "Rows waiting in a model version's queue.", labels=VERSION_LABELS
+        )
         for key, rows in self._queue_rows().items():
-            depth.add_metric([key], rows)
+            depth.add_metric(_name_version(key), rows)
         yield depth
-        ready = GaugeMetricFamily("edgefleet_model_ready", "1 if the model version is warmed up.", labels=["model"])
+        ready = GaugeMetricFamily(
+            "edgefleet_model_ready",
+            "1 if the model version is warmed up (0: loading, or failed).",
+            labels=VERSION_LABELS,
+        )
         for key, ok in self._model_ready().items():
-            ready.add_metric([key], 1.0 if ok else 0.0)
+            ready.add_metric(_name_version(key), 1.0 if ok else 0.0)
         yield ready
+        if self._pipelines is not None:
+            info = GaugeMetricFamily(
+                "edgefleet_pipeline_info",
+                "1 per served V2 name (`model`) with the model version (`name`, `version`) it runs on.",
+                labels=["model", *VERSION_LABELS],
+            )
+            for pipeline, (name, version) in self._pipelines().items():
+                info.add_metric([pipeline, name, version], 1.0)
+            yield info
 
 
 class Metrics:
@@ -54,7 +87,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "edgefleet_request_latency_seconds",
-            "Request latency from body read to response.",
+            "Request latency from its first byte (as the event loop read it) to the response.",
             ["model"],
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
@@ -62,21 +95,22 @@ class Metrics:
         self.batch_size = Histogram(
             "edgefleet_batch_size_rows",
             "Rows per executed batch.",
-            ["model"],
+            VERSION_LABELS,
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.inference = Histogram(
             "edgefleet_inference_duration_seconds",
             "Runtime time per batch.",
-            ["model"],
+            VERSION_LABELS,
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
         # The deploy/ Grafana dashboard reads edgefleet_routes_total{model, route}: keep the names.
         self.routes = Counter(
             "edgefleet_routes",
-            "Requests by V2 model name and where they went: local, cloud, rejected (503 at admission), expired.",
+            "Requests by V2 model name and where they went: local, cloud, rejected (503 at admission), expired "
+            "(503), invalid (400).",
             ["model", "route"],
             registry=self.registry,
         )
@@ -103,9 +137,14 @@ class Metrics:
         self.request_totals: dict[str, list[float]] = {}
         self.batch_totals: dict[str, dict[int, list[float]]] = {}
 
-    def watch(self, queue_rows: Callable[[], dict[str, int]], model_ready: Callable[[], dict[str, bool]]) -> None:
-        """Export queue depth and readiness read from the core at scrape time."""
-        self.registry.register(_StateCollector(queue_rows, model_ready))
+    def watch(
+        self,
+        queue_rows: Callable[[], dict[str, int]],
+        model_ready: Callable[[], dict[str, bool]],
+        pipelines: Callable[[], dict[str, tuple[str, str]]] | None = None,
+    ) -> None:
+        """Export queue depth, readiness and pipeline -> model version, read from the core at scrape time."""
+        self.registry.register(_StateCollector(queue_rows, model_ready, pipelines))
 
     def observe_request(self, model: str, code: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -130,10 +169,11 @@ class Metrics:
         self.errors.labels(model, kind).inc()
 
     def observe_batch(self, model: str, rows: int, seconds: float) -> None:
-        """Record one executed batch (a BatchObserver)."""
+        """Record one executed batch of model version `model` ("name:version"; a BatchObserver)."""
         children = self._batch_children.get(model)
         if children is None:
-            children = self._batch_children[model] = (self.batch_size.labels(model), self.inference.labels(model))
+            labels = _name_version(model)
+            children = self._batch_children[model] = (self.batch_size.labels(*labels), self.inference.labels(*labels))
         children[0].observe(rows)
         children[1].observe(seconds)
         sizes = self.batch_totals.setdefault(model, {})

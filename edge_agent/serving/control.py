@@ -15,11 +15,11 @@ import asyncio
 import contextlib
 from typing import Any
 
-from edge_agent.errors import InvalidInput, NotFound
+from edge_agent.errors import InvalidInput, NotFound, Unavailable
 from edge_agent.serving.core import ServingCore
 from edge_agent.store import collect, version_key
 
-__all__ = ["ModelControl"]
+__all__ = ["ModelControl", "pipeline_models"]
 
 FLEET_REFUSAL = (
     "explicit model load / unload is not allowed: this agent's models follow the hub's desired state "
@@ -90,3 +90,13 @@ class ModelControl:
             core._registry.deactivate(name)  # core.py is at its 400-line cap; the registry is the core's own
             for version in list(versions):
                 await core.unload(name, version)
+
+
+def pipeline_models(core: ServingCore) -> dict[str, tuple[str, str]]:
+    """Served V2 name -> (model name, version) it resolves to now (edgefleet_pipeline_info)."""
+    served: dict[str, tuple[str, str]] = {}
+    for name in core.pipelines():
+        with contextlib.suppress(NotFound, Unavailable):
+            model = core.resolve(name).model
+            served[name] = (model.name, model.version)
+    return served

@@ -389,8 +389,8 @@ class ServingCore:
         except Expired:
             outcome = "expired"
             raise
-        except InferenceFailed:
-            outcome = "local"
+        except (InferenceFailed, InvalidInput) as exc:  # ran and failed (500), or refused as invalid (400)
+            outcome = "local" if isinstance(exc, InferenceFailed) else "invalid"
             raise
         finally:
             self._count(pipeline.name, outcome, self.scheduler.now() - start, ok)

@@ -16,8 +16,9 @@ from typing import Literal, Protocol, get_args
 
 from protocols.messages import PipelineLoad, RouteCounts
 
-Outcome = Literal["local", "cloud", "rejected", "expired"]
-"""Where a request went: answered locally or by a cloud pool, rejected at admission, or expired."""
+Outcome = Literal["local", "cloud", "rejected", "expired", "invalid"]
+"""Where a request went: answered locally or by a cloud pool, rejected at admission (503), expired (503), or
+refused as invalid (400: counted as an error, in no telemetry route)."""
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
 Priority = Literal["safety", "standard", "best_effort"]
 
@@ -143,7 +144,7 @@ class PipelineStats:
                     version=entry.version,
                     priority=entry.priority,
                     requests_per_s=interval.requests / interval_s if interval_s > 0 else 0.0,
-                    routes=RouteCounts(**interval.routes),
+                    routes=RouteCounts(**{k: n for k, n in interval.routes.items() if k != "invalid"}),
                     errors=interval.errors,
                     p50_ms=_quantile_ms(interval.histogram, interval.timed, 0.50),
                     p99_ms=_quantile_ms(interval.histogram, interval.timed, 0.99),

@@ -278,7 +278,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
     out = [(p["title"], t["expr"]) for p in dashboard()["panels"] for t in p.get("targets", [])]
     for var in dashboard()["templating"]["list"]:
         if var["type"] == "query":
-            inner = re.fullmatch(r"label_values\((\w+),\s*\w+\)", var["definition"])
+            inner = re.fullmatch(r"label_values\((\w+)(?:\{[^}]*\})?,\s*\w+\)", var["definition"])
             assert inner is not None, var["name"]
             out.append((f"variable {var['name']}", inner.group(1)))
     return out

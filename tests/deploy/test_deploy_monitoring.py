@@ -70,4 +70,4 @@ def test_dashboard_plots_only_exported_metrics() -> None:
             missing[where] = sorted(unknown)
     assert not missing, f"dashboard metrics not exported by edge_agent/cloud_hub: {missing}"
     used = {m for _, e in dashboard_queries() for m in promql_metric_names(e)}
-    assert all(m.startswith("edgefleet_") or m in {"model", "instance"} for m in used), used
+    assert all(m.startswith("edgefleet_") or m in {"model", "instance", "name"} for m in used), used

@@ -118,9 +118,13 @@ async def test_metrics_count_requests_batches_and_queue_depth(client: Client) ->
     assert 'edgefleet_requests_total{code="200",model="tiny-mlp"} 1.0' in text
     assert 'edgefleet_requests_total{code="404",model="<unknown>"} 1.0' in text
     assert 'edgefleet_request_errors_total{kind="NotFound",model="<unknown>"} 1.0' in text
-    assert 'edgefleet_queue_depth_rows{model="tiny-mlp:1"} 0.0' in text
-    assert 'edgefleet_model_ready{model="tiny-cnn:2"} 1.0' in text
-    assert "edgefleet_batch_size_rows_bucket" in text and "edgefleet_inference_duration_seconds" in text
+    # `model` is always the V2 name; model-version series carry name and version, joined by pipeline_info
+    assert 'edgefleet_queue_depth_rows{name="tiny-mlp",version="1"} 0.0' in text
+    assert 'edgefleet_model_ready{name="tiny-cnn",version="2"} 1.0' in text
+    assert 'edgefleet_batch_size_rows_count{name="tiny-mlp",version="1"}' in text
+    assert 'edgefleet_inference_duration_seconds_count{name="tiny-mlp",version="1"}' in text
+    assert 'edgefleet_pipeline_info{model="tiny-cnn",name="tiny-cnn",version="2"} 1.0' in text
+    assert 'model="tiny-mlp:1"' not in text
     assert "edgefleet_request_latency_seconds_bucket" in text
 
 
@@ -257,3 +261,14 @@ async def test_json_never_carries_nan_and_fp32_beyond_range_is_refused(client: C
     json.loads(raw[:length], parse_constant=lambda token: pytest.fail(f"bare {token} in JSON"))
     _, arrays = decode_response(raw, length)
     assert np.isnan(arrays["logits"]).all()
+
+
+async def test_invalid_requests_are_not_counted_as_rejected(client: Client) -> None:
+    tensor = {"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0.0, 1.0, 2.0]}  # wrong shape
+    resp = await client.post("/v2/models/tiny-mlp/infer", data=json.dumps({"inputs": [tensor]}))
+    assert resp.status == 400
+    text = await (await client.get("/metrics")).text()
+    assert 'edgefleet_routes_total{model="tiny-mlp",route="invalid"} 1.0' in text
+    assert 'route="rejected"' not in text  # only admission's 503s are rejections
+    (load,) = [p for p in client.app[CORE_KEY].stats.snapshot(1.0) if p.name == "tiny-mlp"]
+    assert load.routes.rejected == 0 and load.errors == 1

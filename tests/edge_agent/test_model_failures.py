@@ -80,8 +80,8 @@ def test_failed_models_are_not_ready_and_the_rest_serve(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"{url}/metrics") as resp:
             metrics = resp.read().decode()
         ready_lines = [line for line in metrics.splitlines() if line.startswith("edgefleet_model_ready{")]
-        assert any('"warmup-fails:1"' in line and line.endswith(" 0.0") for line in ready_lines), ready_lines
-        assert any('"tiny-mlp:1"' in line and line.endswith(" 1.0") for line in ready_lines), ready_lines
+        assert 'edgefleet_model_ready{name="warmup-fails",version="1"} 0.0' in ready_lines
+        assert 'edgefleet_model_ready{name="tiny-mlp",version="1"} 1.0' in ready_lines
     finally:
         assert agent.stop() == 0, "".join(agent.output)
     output = "".join(agent.output)

@@ -200,7 +200,7 @@ async def test_500_concurrent_requests_from_64_clients_no_cross_talk(agent: Agen
     async with aiohttp.ClientSession() as session, session.get(f"{agent.url}/metrics") as resp:
         text = await resp.text()
     # Batching actually happened: some batch held more than one row.
-    assert 'edgefleet_batch_size_rows_bucket{le="1.0",model="tiny-mlp:1"}' in text
+    assert 'edgefleet_batch_size_rows_bucket{le="1.0",name="tiny-mlp",version="1"}' in text
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])

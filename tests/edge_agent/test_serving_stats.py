@@ -19,11 +19,12 @@ def test_snapshot_counts_routes_errors_and_quantiles() -> None:
     stats.record("det", "rejected", 0.0)
     stats.record("det", "expired", 0.05)
     stats.record("det", "local", 0.01, ok=False)
+    stats.record("det", "invalid", 0.0, ok=False)  # a 400: an error, not a rejection
     (load,) = stats.snapshot(interval_s=2.0)
     assert load.name == "det" and load.model == "tiny-cnn" and load.version == "2" and load.priority == "safety"
-    assert load.requests_per_s == pytest.approx(104 / 2.0)
+    assert load.requests_per_s == pytest.approx(105 / 2.0)
     assert (load.routes.local, load.routes.cloud, load.routes.rejected, load.routes.expired) == (101, 1, 1, 1)
-    assert load.errors == 1
+    assert load.errors == 2
     assert load.p50_ms == pytest.approx(50.5, rel=0.06)
     assert load.p99_ms == pytest.approx(99.0, rel=0.06)
     assert load.queue_depth == 3
