@@ -66,6 +66,7 @@ class Hub:
         )
         self.broker = BrokerLinks(config, self.identity, self.metrics)
         self.provisioner.registrar = self.devices.registrar = self.broker.registrar
+        self.provisioner.write_crl = self.devices.write_crl
         self._syncs: set[asyncio.Task[None]] = set()
         if self.broker.registrar is not None:
             self.broker.on_link_up = self._sync_broker

@@ -220,6 +220,19 @@ def openapi_document() -> dict[str, Any]:
                 params=[device_id],
             )
         },
+        "/api/v1/devices/{device_id}/approve-reprovision": {
+            "post": op(
+                "Let the device id be re-provisioned once within the hour without proof of its current key "
+                "(its certificate); the replaced certificate goes on the CRL.",
+                {
+                    "200": json_of(
+                        obj({"device_id": {"type": "string"}, "approved_until": {"type": "number"}}), "Approved."
+                    ),
+                    **errors(401, 404),
+                },
+                params=[device_id],
+            )
+        },
         "/api/v1/devices/{device_id}/desired": {
             "get": op(
                 "The latest desired state written for a device.",

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from cloud_hub.api.keys import HUB_KEY
 from cloud_hub.api.openapi import OPENAPI_PATH, openapi_document
 from cloud_hub.errors import InvalidRequest
+from cloud_hub.fleet.provisioning import PresentedCert
 from protocols.messages import ProvisionRequest
 
 MAX_BODY = 64 * 1024
@@ -68,6 +69,18 @@ async def ca_pem(request: web.Request) -> web.Response:
     return web.Response(body=request.app[HUB_KEY].identity.ca.cert_pem(), content_type="application/x-pem-file")
 
 
+def peer_certificate(request: web.Request) -> PresentedCert | None:
+    """The verified client certificate of this connection (hub CA), if one was presented: proof of a key."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return None
+    cn = next((str(v) for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), None)
+    serial = cert.get("serialNumber")
+    return PresentedCert(cn, int(str(serial), 16)) if cn and serial else None
+
+
 @routes.post("/api/v1/provision")
 async def provision(request: web.Request) -> web.Response:
     """ProvisionRequest -> ProvisionResponse; the claim token is the credential."""
@@ -79,7 +92,7 @@ async def provision(request: web.Request) -> web.Response:
         first = exc.errors()[0]
         raise InvalidRequest(f"invalid provision request: {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
     try:
-        response = await hub.provisioner.provision(body)
+        response = await hub.provisioner.provision(body, proof=peer_certificate(request))
     except Exception as exc:
         hub.metrics.provisioned.labels(outcome=type(exc).__name__).inc()
         raise
@@ -135,6 +148,14 @@ async def show_device(request: web.Request) -> web.Response:
     """One device with recent telemetry."""
     device = await request.app[HUB_KEY].devices.show(request.match_info["device_id"])
     return web.json_response({"device": device})
+
+
+@routes.post("/api/v1/devices/{device_id}/approve-reprovision")
+async def approve_reprovision(request: web.Request) -> web.Response:
+    """Operator approval to re-provision a device id without proof of its current key (one use, 1 h)."""
+    device_id = request.match_info["device_id"]
+    until = await request.app[HUB_KEY].devices.approve_reprovision(device_id)
+    return web.json_response({"device_id": device_id, "approved_until": until})
 
 
 @routes.post("/api/v1/devices/{device_id}/revoke")

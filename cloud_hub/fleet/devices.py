@@ -16,6 +16,8 @@ from cloud_hub.store import DeviceRecord, Store, devices, telemetry
 
 log = logging.getLogger(__name__)
 
+APPROVAL_VALID_S = 3600.0
+
 
 class DeviceService:
     """Reads come from the store (shared by replicas); revocation also updates the live view and the CRL."""
@@ -51,6 +53,14 @@ class DeviceService:
                 log.warning("device %s revoked; the broker retires it at the next sync: %s", device_id, exc)
         log.info("revoked device %s (certificate serial %s)", device_id, record.cert_serial)
         return record
+
+    async def approve_reprovision(self, device_id: str, valid_s: float = APPROVAL_VALID_S) -> float:
+        """Let `device_id` be re-provisioned once without proof of its key; the approval's expiry."""
+        until = time.time() + valid_s
+        async with self.store.begin() as conn:
+            await devices.approve_reprovision(conn, device_id, until)
+        log.info("re-provisioning of %s approved until %.0f", device_id, until)
+        return until
 
     async def write_crl(self) -> int:
         """Rewrite data-dir/crl.pem from every revoked device; return how many serials it lists."""

@@ -1,8 +1,10 @@
 """Provisioning by claim: check the CSR, take one use of the claim, assign the id, sign the certificate.
 
 Device id rule: a requested id that is free is granted; a requested id that exists may be re-provisioned
-(a new certificate for a new key) only with a token of the same claim that first provisioned it, and
-never once revoked; otherwise the hub answers 409. Without a requested id the hub picks `dev-<hex>`.
+(a new certificate for a new key) only with a token of the same claim that first provisioned it (else
+409), never once revoked, and only with proof of its current key (its certificate in the TLS handshake)
+or a one-time operator approval (else 403); the replaced certificate goes on the CRL. Without a requested
+id the hub picks `dev-<hex>`.
 The claim use, the id and the certificate serial are written in one transaction, so a failure (or a
 race on the same id) gives the use back.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -32,6 +35,14 @@ RESERVED_ID_PREFIX = "edgefleet-"
 
 
 @dataclass(frozen=True)
+class PresentedCert:
+    """The client certificate (hub CA, verified in the TLS handshake) a provisioning request came with."""
+
+    common_name: str
+    serial: int
+
+
+@dataclass(frozen=True)
 class ProvisionSettings:
     """What the hub tells every new device."""
 
@@ -50,9 +61,14 @@ class Provisioner:
         self.fleet = fleet
         self.settings = settings
         self.registrar: DynsecRegistrar | None = None  # broker_authz = "dynsec": the device's broker rights
+        self.write_crl: Callable[[], Awaitable[int]] | None = None  # DeviceService.write_crl
 
-    async def provision(self, request: ProvisionRequest) -> ProvisionResponse:
-        """Register (or re-provision) the device; raise Unauthorized/Forbidden/Conflict/InvalidRequest."""
+    async def provision(self, request: ProvisionRequest, proof: PresentedCert | None = None) -> ProvisionResponse:
+        """Register (or re-provision) the device; raise Unauthorized/Forbidden/Conflict/InvalidRequest.
+
+        An existing id is re-provisioned only with `proof` (its current certificate presented in the TLS
+        handshake: proof of the current key) or an operator approval (`devices approve-reprovision`); the
+        certificate it replaces is retired onto the CRL."""
         if request.device_id is not None and request.device_id.lower().startswith(RESERVED_ID_PREFIX):
             # The broker's ACL gives the CN edgefleet-hub the hub's rights (every desired topic): never to a device.
             raise Forbidden(f"device id {request.device_id!r} is reserved ({RESERVED_ID_PREFIX}* names the hub's own)")
@@ -68,6 +84,15 @@ class Provisioner:
                         raise Forbidden(f"device {device_id!r} is revoked; provision it under a new id")
                     if existing.claim_id != claim.id:
                         raise Conflict(f"device id {device_id!r} belongs to another claim")
+                    proven = proof is not None and proof.common_name == device_id
+                    proven = proven and proof is not None and proof.serial == int(existing.cert_serial or "0", 16)
+                    if not proven and not await devices.take_approval(conn, existing.id, now):
+                        raise Forbidden(
+                            f"device {device_id!r} exists: re-provisioning it needs its current certificate "
+                            "(proof of its key) or an operator approval (cloud-hub devices approve-reprovision)"
+                        )
+                    if existing.cert_serial:
+                        await devices.retire_cert(conn, existing.id, existing.cert_serial, now)
                 device_id = device_id or new_id("dev")
                 cert = self.identity.ca.issue(public_key, device_id, client=True)
                 values = {
@@ -89,6 +114,8 @@ class Provisioner:
         except IntegrityError as exc:
             raise Conflict(f"device id {request.device_id!r} was just taken; retry") from exc
         self.fleet.set_status(device_id, devices.ACTIVE)
+        if existing is not None and self.write_crl is not None:
+            await self.write_crl()  # the replaced certificate is refused from the next broker (re)load
         if self.registrar is not None:
             try:
                 await self.registrar.register(device_id)

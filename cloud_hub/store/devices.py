@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud_hub.errors import NotFound
@@ -14,6 +14,8 @@ from cloud_hub.store.records import DeviceRecord
 from cloud_hub.store.telemetry import placeholders
 
 _d = schema.devices.c
+_r = schema.retired_certs.c
+_a = schema.reprovision_approvals.c
 ACTIVE = "active"
 REVOKED = "revoked"
 # Columns ingest may update; anything else changes only through provisioning or revoke.
@@ -68,9 +70,31 @@ async def revoke(conn: AsyncConnection, device_id: str, now: float) -> DeviceRec
 
 
 async def revoked_serials(conn: AsyncConnection) -> list[tuple[str, float]]:
-    """(certificate serial hex, revoked_at) of every revoked device, for the CRL."""
+    """(certificate serial hex, revoked_at) of every revoked device and every certificate replaced by
+    re-provisioning, for the CRL."""
     rows = await conn.execute(select(_d.cert_serial, _d.revoked_at).where(_d.status == REVOKED).order_by(_d.id))
-    return [(serial, at or 0.0) for serial, at in rows]
+    retired = await conn.execute(select(_r.serial, _r.retired_at).order_by(_r.retired_at))
+    return [(serial, at or 0.0) for serial, at in rows] + [(serial, at) for serial, at in retired]
+
+
+async def retire_cert(conn: AsyncConnection, device_id: str, serial: str, now: float) -> None:
+    """Record a certificate that re-provisioning replaced (it goes on the CRL)."""
+    await conn.execute(insert(schema.retired_certs).values(serial=serial, device_id=device_id, retired_at=now))
+
+
+async def approve_reprovision(conn: AsyncConnection, device_id: str, until: float) -> None:
+    """Let the device id be re-provisioned once, without proof of its key, until `until`."""
+    await require(conn, device_id)
+    await conn.execute(delete(schema.reprovision_approvals).where(_a.device_id == device_id))
+    await conn.execute(insert(schema.reprovision_approvals).values(device_id=device_id, approved_until=until))
+
+
+async def take_approval(conn: AsyncConnection, device_id: str, now: float) -> bool:
+    """Use up an operator approval to re-provision `device_id`; False when there is none (or it expired)."""
+    result = await conn.execute(
+        delete(schema.reprovision_approvals).where(_a.device_id == device_id, _a.approved_until >= now)
+    )
+    return bool(result.rowcount)
 
 
 async def statuses(conn: AsyncConnection, ids: Iterable[str] | None = None) -> dict[str, str]:

@@ -44,9 +44,14 @@ def _v2_rollouts(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=tables)
 
 
+def _v3_reprovisioning(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.retired_certs, schema.reprovision_approvals])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: devices, claims, telemetry, api_tokens", _v1_initial),
     Migration(2, "model registry, device desired state, rollouts, leases", _v2_rollouts),
+    Migration(3, "retired certificates (CRL) and re-provisioning approvals", _v3_reprovisioning),
 )
 
 LATEST = MIGRATIONS[-1].version

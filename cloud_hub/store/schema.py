@@ -168,3 +168,20 @@ leases = Table(
     Column("owner", String(64), nullable=False),
     Column("expires_at", Float, nullable=False),
 )
+
+# Issue 15: certificates replaced by re-provisioning (listed on the CRL) and operator approvals to
+# re-provision a device id without proof of its current key.
+retired_certs = Table(
+    "retired_certs",
+    metadata,
+    Column("serial", String(64), primary_key=True),
+    Column("device_id", String(128), nullable=False),
+    Column("retired_at", Float, nullable=False),
+)
+
+reprovision_approvals = Table(
+    "reprovision_approvals",
+    metadata,
+    Column("device_id", String(128), primary_key=True),
+    Column("approved_until", Float, nullable=False),
+)

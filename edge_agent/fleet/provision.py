@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
-from edge_agent.fleet.errors import FleetError, ProvisionError
+from edge_agent.fleet.errors import FleetError, IdentityError, ProvisionError
 from edge_agent.fleet.identity import (
     CA_FILE,
     CERT_FILE,
@@ -145,12 +145,22 @@ def make_key_and_csr(device_id: str | None) -> tuple[ec.EllipticCurvePrivateKey,
 
 
 def post_provision(
-    hub_url: str, ca: x509.Certificate, request: ProvisionRequest, *, timeout_s: float = 30.0
+    hub_url: str,
+    ca: x509.Certificate,
+    request: ProvisionRequest,
+    *,
+    timeout_s: float = 30.0,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> ProvisionResponse:
-    """POST the request over TLS trusting only `ca`; ProvisionError with the hub's reason on refusal."""
+    """POST the request over TLS trusting only `ca`; ProvisionError with the hub's reason on refusal.
+
+    `client_cert` (the current identity's certificate and key) proves the current key when an existing
+    device id is re-provisioned: the hub wants it, or an operator approval."""
     host, port = _hub_address(hub_url)
     ctx = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_cert is not None:
+        ctx.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
     conn = http.client.HTTPSConnection(host, port, timeout=timeout_s, context=ctx)
     try:
         conn.request(
@@ -247,6 +257,15 @@ def _probe_hardware() -> HardwareSummary:
     return hardware_summary(probe.probe_hardware())
 
 
+def _current_cert(identity_dir: Path) -> tuple[Path, Path] | None:
+    """The identity already in `identity_dir` (re-provisioning: its certificate proves its key), if any."""
+    try:
+        current = DeviceIdentity.load(identity_dir)
+    except IdentityError:  # no (readable) identity yet: a first provisioning
+        return None
+    return current.certfile, current.keyfile
+
+
 def provision(
     hub_url: str,
     claim: str,
@@ -264,7 +283,7 @@ def provision(
         request = ProvisionRequest(claim_token=claim, csr_pem=csr_pem, hardware=hardware(), device_id=device_id)
     except ValidationError as exc:
         raise ProvisionError(f"invalid provisioning request: {exc}") from exc
-    response = post_provision(hub_url, ca, request, timeout_s=timeout_s)
+    response = post_provision(hub_url, ca, request, timeout_s=timeout_s, client_cert=_current_cert(identity_dir))
     check_response(response, key, ca)
     identity = write_identity(identity_dir, key, response)
     log.info("provisioned as %s; identity in %s", identity.device_id, identity.directory)

@@ -186,6 +186,8 @@ async def test_reprovisioning_needs_the_same_claim(api: Api) -> None:
     other = (await api.claim(uses=3))["token"]
     status, body, _ = await provision(api.url, api.cafile, first, device_id="gw-1")
     serial = body["certificate_pem"]
+    # Re-provisioning also needs proof of the current key or an operator approval (tests/security).
+    assert (await api.call("POST", "/api/v1/devices/gw-1/approve-reprovision"))[0] == 200
     status, body, _ = await provision(api.url, api.cafile, first, device_id="gw-1")
     assert status == 200 and body["certificate_pem"] != serial
     status, body, _ = await provision(api.url, api.cafile, other, device_id="gw-1")
