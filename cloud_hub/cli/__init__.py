@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing = devices.add_parser("list", help="list devices")
     listing.add_argument("--label", action="append", default=[], help="filter k=v (repeatable)")
     _client_flags(listing)
-    for action, text in (("show", "show one device"), ("revoke", "revoke a device (CRL + ignored by ingest)")):
+    for action, text in (
+        ("show", "show one device"),
+        ("revoke", "revoke a device (CRL + ignored by ingest)"),
+        ("approve-reprovision", "let a device id be re-provisioned once (1 h) without proof of its current key"),
+    ):
         p = devices.add_parser(action, help=text)
         p.add_argument("id")
         _client_flags(p)

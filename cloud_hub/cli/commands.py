@@ -74,6 +74,13 @@ def _devices(args: argparse.Namespace, client: HubClient, console: Console) -> i
         else:
             render.device_detail(device, console)
         return 0
+    if args.action == "approve-reprovision":
+        approved = client.request("POST", f"/api/v1/devices/{args.id}/approve-reprovision")
+        if args.json:
+            render.print_json(approved)
+        else:
+            console.print(f"device {args.id} may be re-provisioned once within the hour (old certificate retired)")
+        return 0
     revoked = client.request("POST", f"/api/v1/devices/{args.id}/revoke")["device"]
     if args.json:
         render.print_json(revoked)
