@@ -32,6 +32,8 @@ from edge_agent.fleet.service import FleetService
 from edge_agent.fleet.telemetry_metrics import TelemetryCollector
 from edge_agent.http.app import make_app
 from edge_agent.http.auth import read_token
+from edge_agent.http.listener import ListenerSite, listener_sites
+from edge_agent.http.sockets import bind as bind_sockets
 from edge_agent.metrics import Metrics
 from edge_agent.reconcile.activate import Activator
 from edge_agent.reconcile.download import Downloader
@@ -265,6 +267,8 @@ class Listeners:
 
 
 def _bound_port(site: web.BaseSite) -> int | None:
+    if isinstance(site, ListenerSite):
+        return site.port
     server = getattr(site, "_server", None)
     for sock in getattr(server, "sockets", None) or []:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -315,14 +319,14 @@ def _main_agent(config: AgentConfig, listeners: Listeners) -> Agent:
 
 
 async def _sites(runner: web.AppRunner, config: AgentConfig, listeners: Listeners) -> list[web.BaseSite]:
+    """Capped, timed listeners (http/listener.py) on the role's inherited sockets, or bound here."""
     if listeners.listen_fd is None:
-        return [web.TCPSite(runner, config.http.host, config.http.port, shutdown_timeout=SHUTDOWN_TIMEOUT_S)]
-    sites: list[web.BaseSite] = [
-        web.SockSite(runner, socket.socket(fileno=listeners.listen_fd), shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-    ]
-    if listeners.unix_fd is not None:
-        sites.append(web.SockSite(runner, socket.socket(fileno=listeners.unix_fd), shutdown_timeout=SHUTDOWN_TIMEOUT_S))
-    return sites
+        socks = await asyncio.to_thread(bind_sockets, config.http)
+    else:
+        socks = [socket.socket(fileno=listeners.listen_fd)]
+        if listeners.unix_fd is not None:
+            socks.append(socket.socket(fileno=listeners.unix_fd))
+    return list(listener_sites(runner, config.http, socks))
 
 
 def _ready_line(listeners: Listeners, config: AgentConfig, sites: list[web.BaseSite]) -> str:
@@ -350,7 +354,7 @@ async def serve(config: AgentConfig, listeners: Listeners | None = None) -> int:
         agent = _main_agent(config, listeners)
     else:
         agent = Agent(config)
-    runner = web.AppRunner(agent.http, access_log=None, handle_signals=False)
+    runner = web.AppRunner(agent.http, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -67,6 +67,41 @@ class HttpConfig(_Config):
             "/v2/health/live and /v2/health/ready then requires; set it whenever host is not loopback."
         ),
     )
+    unix_socket: Path | None = Field(
+        default=None, description="Also serve V2 on this Unix socket (same limits, a connection cap of its own)."
+    )
+    compressed_bodies: Literal["inflate", "refuse"] = Field(
+        default="inflate",
+        description=(
+            "gzip/deflate request bodies: inflate (incrementally, off the event loop, 413 once the inflated size "
+            "passes max_body_bytes) or refuse (415)."
+        ),
+    )
+    max_connections: PositiveInt = Field(
+        default=512,
+        description=(
+            "Open connections per listener; lowered to fit RLIMIT_NOFILE minus fd_reserve. At the cap a new "
+            "connection evicts the longest-idle one, or is closed at once when none is idle."
+        ),
+    )
+    fd_reserve: NonNegativeInt = Field(
+        default=64, description="File descriptors kept free of connections (model files, sockets, logs)."
+    )
+    header_timeout_s: PositiveFloat = Field(
+        default=10.0,
+        description="Longest time from a connection's opening, or a request's first byte, to its complete headers.",
+    )
+    idle_timeout_s: PositiveFloat = Field(
+        default=10.0, description="Longest silence of a client while its request body is being received."
+    )
+    keepalive_timeout_s: PositiveFloat = Field(
+        default=75.0, description="How long an idle keep-alive connection is kept between requests."
+    )
+    backlog: PositiveInt = Field(default=128, description="Listen backlog of each listening socket.")
+    accept_pause_s: PositiveFloat = Field(
+        default=0.5,
+        description="Pause of accepting when the process runs out of file descriptors (EMFILE), logged once.",
+    )
 
 
 class ModelBatching(_Config):

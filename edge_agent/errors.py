@@ -19,6 +19,10 @@ class PayloadTooLarge(AgentError):
     """The request body, or its decompressed size, exceeds the configured limit."""
 
 
+class UnsupportedMediaType(AgentError):
+    """The request's Content-Encoding is not accepted (HTTP 415)."""
+
+
 class Unavailable(AgentError):
     """The model cannot take the request now (not ready, queue full, deadline); retry later."""
 

@@ -9,7 +9,9 @@ from edge_agent.config import HttpConfig
 from edge_agent.http import repository, triton, v2
 from edge_agent.http.auth import read_token, token_middleware, warn_if_exposed
 from edge_agent.http.errors import error_middleware
-from edge_agent.http.keys import CORE_KEY, METRICS_KEY
+from edge_agent.http.intake import BodyReader
+from edge_agent.http.keys import CORE_KEY, INTAKE_KEY, METRICS_KEY
+from edge_agent.http.listener import handler_args
 from edge_agent.http.openapi import openapi_document
 from edge_agent.metrics import Metrics
 from edge_agent.serving.control import ModelControl
@@ -34,9 +36,15 @@ def make_app(core: ServingCore, metrics: Metrics, http: HttpConfig) -> web.Appli
     token = None if http.token_file is None else read_token(http.token_file)
     warn_if_exposed(http.host, token)
     middlewares = [error_middleware] if token is None else [error_middleware, token_middleware(token)]
-    app = web.Application(client_max_size=http.max_body_bytes, middlewares=middlewares)
+    app = web.Application(client_max_size=http.max_body_bytes, middlewares=middlewares, handler_args=handler_args(http))
     app[CORE_KEY] = core
     app[METRICS_KEY] = metrics
+    intake = app[INTAKE_KEY] = BodyReader(http)
+
+    async def close_intake(_app: web.Application) -> None:
+        intake.close()
+
+    app.on_cleanup.append(close_intake)
     app[repository.CONTROL_KEY] = ModelControl(core)
     app.add_routes(triton.routes())  # first: /v2/models/stats must not be read as a model named "stats"
     app.add_routes(repository.routes())

@@ -9,7 +9,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from edge_agent.errors import AgentError, InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from edge_agent.errors import (
+    AgentError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from protocols.common import ProtocolError
 
 __all__ = ["error_kind", "error_middleware", "error_response", "status_for"]
@@ -21,6 +28,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ProtocolError, 400),  # includes protocols.binary.CodecError
     (NotFound, 404),
     (PayloadTooLarge, 413),
+    (UnsupportedMediaType, 415),
     (Unavailable, 503),
     (AgentError, 500),
 )

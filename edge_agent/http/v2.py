@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import time
 from typing import Any
 
 from aiohttp import web
 
 from edge_agent.errors import InvalidInput, Unavailable
 from edge_agent.http.errors import error_kind, error_response
-from edge_agent.http.keys import CORE_KEY, METRICS_KEY
+from edge_agent.http.intake import BodyLate
+from edge_agent.http.keys import ARRIVAL_KEY, CORE_KEY, INTAKE_KEY, METRICS_KEY
 from edge_agent.http.triton import classify
 from edge_agent.serving.registry import LoadedModel
 from protocols.binary import HEADER_LENGTH, decode_request, encode_response
@@ -70,7 +71,9 @@ def _scheduling(parameters: dict[str, Any]) -> tuple[int, int | None]:
 
 async def infer(request: web.Request) -> web.Response:
     """POST v2/models/{model}[/versions/{version}]/infer."""
-    start = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    # Ages count from the request's first byte (listener.py); without the agent's listener, from here.
+    arrival = request.get(ARRIVAL_KEY) or loop.time()
     app = request.app
     name = request.match_info["model"]
     label = name
@@ -79,8 +82,12 @@ async def infer(request: web.Request) -> web.Response:
         core = app[CORE_KEY]
         # Shed doomed requests before reading their body, so overload costs little loop time. aiohttp reads
         # and discards an unread body after the response (lingering, keep-alive kept), without buffering it.
-        core.shed(core.resolve(name, request.match_info.get("version")))
-        body = await request.read()
+        first = core.resolve(name, request.match_info.get("version"))
+        core.shed(first, age_s=loop.time() - arrival)
+        try:
+            body = await app[INTAKE_KEY].read(request, deadline=arrival + first.pipeline.deadline_ms / 1000.0)
+        except BodyLate as exc:
+            raise core.expired(first, loop.time() - arrival, str(exc)) from None
         # Resolved after the last await before queueing, so a version switch never strands a request.
         target = core.resolve(name, request.match_info.get("version"))
         raw = _raw_input(target.model) if header_length == 0 else None
@@ -88,7 +95,9 @@ async def infer(request: web.Request) -> web.Response:
         priority, timeout_us = _scheduling(decoded.parameters)
         wanted = decoded.outputs
         requested = None if wanted is None else [o.name for o in wanted]
-        served = await core.serve(target, decoded.inputs, requested, priority=priority, timeout_us=timeout_us)
+        served = await core.serve(
+            target, decoded.inputs, requested, priority=priority, timeout_us=timeout_us, age_s=loop.time() - arrival
+        )
         binary: Any = decoded.binary_output if wanted is None else {o.name: o.binary for o in wanted}.__getitem__
         payload, length = encode_response(
             model_name=name,
@@ -112,7 +121,7 @@ async def infer(request: web.Request) -> web.Response:
         if response.status == 404:
             label = "<unknown>"  # unknown names must not grow the metrics' label set
         app[METRICS_KEY].observe_error(label, error_kind(exc))
-    app[METRICS_KEY].observe_request(label, response.status, time.perf_counter() - start)
+    app[METRICS_KEY].observe_request(label, response.status, loop.time() - arrival)
     return response
 
 
