@@ -8,6 +8,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from edge_agent import __version__
+from edge_agent.http.openapi_triton import triton_paths
 from protocols.v2 import ErrorResponse, InferRequest, InferResponse, ModelMetadata, ServerMetadata
 
 __all__ = ["openapi_document"]
@@ -91,7 +92,7 @@ def openapi_document() -> dict[str, Any]:
         [(m, "validation") for m in (InferRequest, InferResponse, ServerMetadata, ModelMetadata, ErrorResponse)],
         ref_template=_REF,
     )
-    meta = {"200": _json("ModelMetadata", "Model metadata."), **_errors(404)}
+    meta = {"200": _json("ModelMetadata", "Model metadata."), **_errors(404, 503)}
     ready = {**_flag("ready", name=True), **_errors(404)}
     paths: dict[str, Any] = {
         "/v2": {"get": {"summary": "Server metadata.", "responses": {"200": _json("ServerMetadata", "Metadata.")}}},
@@ -109,6 +110,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v2/models/{model}/infer": {"post": _infer_op([_MODEL])},
         "/v2/models/{model}/versions/{version}/infer": {"post": _infer_op([_MODEL, _VERSION])},
+        **triton_paths(_MODEL, _VERSION, _errors),
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics.",
