@@ -239,7 +239,7 @@ class SafetyCellConfig(_Config):
         ),
     )
     host: str = Field(default="127.0.0.1", description="Address of the cell's own V2 listener.")
-    port: int = Field(default=8001, ge=0, le=65535, description="TCP port of the cell's listener; 0 picks a free one.")
+    port: int = Field(default=8010, ge=0, le=65535, description="TCP port of the cell's listener; 0 picks a free one.")
     unix_socket: Path | None = Field(
         default=None, description="Also listen on this Unix socket (V2 over HTTP; local apps, no TCP stack)."
     )
