@@ -180,8 +180,13 @@ def _etag_matches(header: str, etag: str) -> bool:
 async def artifact(request: web.Request) -> web.StreamResponse:
     """Stream a stored package tar (GET and HEAD), honouring Range, If-None-Match and If-Range."""
     hub = request.app[HUB_KEY]
-    await authorize_download(request, hub)
+    who = await authorize_download(request, hub)
     sha = request.match_info["sha256"]
+    if who != "operator":
+        # A device gets only what its own desired state names, not any package whose sha it knows.
+        desired = await hub.desired.current(who)
+        if desired is None or all(m.sha256 != sha for m in desired.models):
+            raise Forbidden(f"artifact {sha} is not in device {who!r}'s desired state")
     path = await hub.registry.artifact(sha)
     etag = f'"{sha}"'
     headers = {

@@ -7,6 +7,7 @@ from typing import Any
 
 from rig import free_port
 
+from cloud_hub.app import Hub
 from cloud_hub.config import HubConfig
 
 
@@ -14,3 +15,11 @@ def hub_config(data_dir: Path, db_url: str | None = None, **overrides: Any) -> H
     """A config on a free loopback port."""
     values: dict[str, Any] = {"data_dir": data_dir, "database_url": db_url, "port": free_port(), **overrides}
     return HubConfig(**values)
+
+
+async def give_desired(hub: Hub, device_id: str, name: str, version: str) -> None:
+    """Write a desired state for `device_id` naming the model version (what a rollout does): since issue 15
+    a device may download only the artifacts its desired state names."""
+    record = await hub.registry.get(name, version)
+    async with hub.store.begin() as conn:
+        await hub.desired.set_models(conn, {device_id: (name, record.desired(hub.url))})

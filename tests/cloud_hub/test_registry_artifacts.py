@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from devices_support import client_ssl, provision, write_identity
+from hub_support import give_desired
 from multidict import CIMultiDict
 from rig import TestPKI
 from test_hub_api import Api
@@ -46,6 +47,7 @@ async def _setup(api: Api, tmp_path: Path) -> tuple[dict[str, Any], bytes, ssl.S
     status, prov, key = await provision(api.url, api.cafile, claim["token"], device_id="dev-a")
     assert status == 200, prov
     cert = write_identity(tmp_path / "dev-a", key, prov["certificate_pem"])
+    await give_desired(api.hub, "dev-a", model["name"], model["version"])  # devices get what they are given
     return model, stored.read_bytes(), device_ssl(api.cafile, cert)
 
 
@@ -91,7 +93,11 @@ async def test_device_downloads_whole_ranges_etag_head(api: Api, tmp_path: Path)
     status, headers, body = await get(url, ctx, method="HEAD")
     assert status == 200 and body == b"" and int(headers["Content-Length"]) == size
 
+    # An unknown sha: not in the device's desired state, so 403 (no oracle for what exists); the operator: 404.
     status, _, body = await get(f"{api.url}/api/v1/artifacts/{'0' * 64}.tar", ctx)
+    assert status == 403 and b"desired state" in body
+    bearer = {"Authorization": f"Bearer {api.token}"}
+    status, _, body = await get(f"{api.url}/api/v1/artifacts/{'0' * 64}.tar", client_ssl(api.cafile), headers=bearer)
     assert status == 404 and b"error" in body
 
 

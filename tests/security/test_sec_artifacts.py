@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from devices_support import provision, write_identity
+from hub_support import give_desired
 from rig import TestPKI
 from sec_support import HubApi, raw_request
 
@@ -43,6 +44,7 @@ async def test_artifacts_need_a_provisioned_active_device_or_the_operator(
     sha, content = await _pushed(api, tmp_path)
     path = f"/api/v1/artifacts/{sha}.tar"
     device = await _device(api, tmp_path, "dev-sec")
+    await give_desired(hub, "dev-sec", "tiny-mlp", "1")
 
     # No certificate and no token.
     for method in ("GET", "HEAD"):
@@ -81,6 +83,25 @@ async def test_artifacts_need_a_provisioned_active_device_or_the_operator(
     status, claim = await api.call("POST", "/api/v1/claims", {"uses": 1})
     status, body, _ = await provision(api.url, api.cafile, claim["token"], device_id="dev-sec")
     assert status == 403, body
+
+
+async def test_a_device_gets_only_the_artifacts_of_its_own_desired_state(hub: Hub, api: HubApi, tmp_path: Path) -> None:
+    """Issue 15 item 7: knowing a sha is not enough; the device's desired state must name it."""
+    sha, content = await _pushed(api, tmp_path)
+    tar = pack_tar(zoo_package_path("tiny-cnn", "1"), tmp_path / "tiny-cnn-1.tar")
+    status, raw = await api.request("POST", "/api/v1/models", data=tar.read_bytes())
+    assert status == 201, raw
+    other = json.loads(raw)["model"]["sha256"]
+    mine, theirs = await _device(api, tmp_path, "dev-mine"), await _device(api, tmp_path, "dev-theirs")
+    await give_desired(hub, "dev-mine", "tiny-mlp", "1")
+    await give_desired(hub, "dev-theirs", "tiny-cnn", "1")
+    status, body = await api.request("GET", f"/api/v1/artifacts/{sha}.tar", token="", cert=mine)
+    assert status == 200 and body == content
+    for cert, wanted in ((mine, other), (theirs, sha)):  # each other's package: refused, no byte of it
+        status, body = await api.request("GET", f"/api/v1/artifacts/{wanted}.tar", token="", cert=cert)
+        assert status == 403 and b"desired state" in body and content not in body
+    # The operator (CLI, mirroring) still gets any artifact.
+    assert (await api.request("GET", f"/api/v1/artifacts/{other}.tar"))[0] == 200
 
 
 @pytest.mark.parametrize(
