@@ -24,8 +24,9 @@ ZOO_DIR = Path(__file__).resolve().parent
 PACKAGES_DIR = ZOO_DIR / "packages"
 ZOO_PUBLIC_KEY_FILE = ZOO_DIR / "zoo-signing.pub"
 # (name, version) of every committed package; tiny-cnn 2 has other weights than 1 (rollout tests); text-echo
-# is the string (BYTES) identity model.
+# is the string (BYTES) identity model; mobilenet-v2 the compute-dominated vision model of bench/overload.py.
 ZOO_MODELS: tuple[tuple[str, str], ...] = (
+    ("mobilenet-v2", "1"),
     ("text-echo", "1"),
     ("tiny-cnn", "1"),
     ("tiny-cnn", "2"),

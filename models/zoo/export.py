@@ -62,6 +62,15 @@ ENTRIES: tuple[ZooEntry, ...] = (
     ZooEntry("tiny-cnn", "1", "TinyCNN", 1, (3, 64, 64), "scores", "Obstacle-detector stand-in: 4 class scores."),
     ZooEntry("tiny-cnn", "2", "TinyCNN", 2, (3, 64, 64), "scores", "tiny-cnn with other weights (rollout tests)."),
     ZooEntry("tiny-mlp", "1", "TinyMLP", 1, (64,), "logits", "MLP 64-256-256-10."),
+    ZooEntry(
+        "mobilenet-v2",
+        "1",
+        "MobileNetV2",
+        1,
+        (3, 160, 160),
+        "scores",
+        "Vision backbone stand-in where compute dominates intake: MobileNetV2 width 0.5, 10 scores, random weights.",
+    ),
 )
 
 

@@ -126,12 +126,13 @@ def test_collect_in_place_and_from_store(tmp_path: Path) -> None:
     standalone = AgentConfig(standalone=True, model_dirs=[PACKAGES_DIR], trusted_keys=[ZOO_PUBLIC_KEY_FILE])
     packages, active = collect(standalone)
     assert sorted((p.manifest.name, p.manifest.version) for p in packages) == [
+        ("mobilenet-v2", "1"),
         ("text-echo", "1"),
         ("tiny-cnn", "1"),
         ("tiny-cnn", "2"),
         ("tiny-mlp", "1"),
     ]
-    assert active == {"text-echo": "1", "tiny-cnn": "2", "tiny-mlp": "1"}
+    assert active == {"mobilenet-v2": "1", "text-echo": "1", "tiny-cnn": "2", "tiny-mlp": "1"}
     device = AgentConfig(
         state_dir=tmp_path / "state",
         model_dirs=[PACKAGES_DIR],
@@ -139,8 +140,9 @@ def test_collect_in_place_and_from_store(tmp_path: Path) -> None:
         pipelines=[PipelineSpec(name="old-cnn", model="tiny-cnn", version="1")],
     )
     packages, active = collect(device)
-    assert active == {"text-echo": "1", "tiny-cnn": "2", "tiny-mlp": "1"}
+    assert active == {"mobilenet-v2": "1", "text-echo": "1", "tiny-cnn": "2", "tiny-mlp": "1"}
     assert sorted((p.manifest.name, p.manifest.version) for p in packages) == [
+        ("mobilenet-v2", "1"),
         ("text-echo", "1"),
         ("tiny-cnn", "1"),
         ("tiny-cnn", "2"),
