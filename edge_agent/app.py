@@ -183,10 +183,18 @@ class Agent:
 
     def _installed(self) -> list[InstalledModel]:
         core = self.core
+        failed = [
+            InstalledModel(name=name, version=version, active=False, error=why[:2000])
+            for name, versions in core.failures().items()
+            for version, why in versions.items()
+        ]
         return [
-            InstalledModel(name=name, version=version, active=core.active_version(name) == version)
-            for name, versions in core.models().items()
-            for version in versions
+            *failed,
+            *(
+                InstalledModel(name=name, version=version, active=core.active_version(name) == version)
+                for name, versions in core.models().items()
+                for version in versions
+            ),
         ]
 
     def _pipelines(self) -> list[str]:

@@ -39,6 +39,9 @@ class InstalledModel(WireModel):
     name: Name = Field(description="Model name.")
     version: Version = Field(description="Model version.")
     active: bool = Field(description="True if this version serves requests.")
+    error: str | None = Field(
+        default=None, max_length=2000, description="Why it failed to load or warm up (then it is not served)."
+    )
 
 
 # --- state (retained; birth or last will) ---------------------------------------------------------

@@ -87,3 +87,19 @@ def test_failed_models_are_not_ready_and_the_rest_serve(tmp_path: Path) -> None:
     output = "".join(agent.output)
     assert "model warmup-fails:1 failed to load or warm up" in output
     assert "model load-fails:1 failed to load or warm up" in output
+
+
+async def test_failed_models_are_in_the_installed_list_telemetry_sends(tmp_path: Path, aiohttp_client: Any) -> None:
+    from agent_support import standalone_config
+
+    from edge_agent.app import Agent
+
+    models, key = _broken_models(tmp_path)
+    agent = Agent(standalone_config(model_dirs=[PACKAGES_DIR, models], trusted_keys=[ZOO_PUBLIC_KEY_FILE, key]))
+    await aiohttp_client(agent.http)
+    await agent.startup
+    installed = {(m.name, m.version): m for m in agent._installed()}  # what LoadReport.models carries
+    assert installed[("tiny-mlp", "1")].active and installed[("tiny-mlp", "1")].error is None
+    broken = installed[("load-fails", "1")]
+    assert not broken.active and broken.error is not None and "onnxruntime" in broken.error
+    assert installed[("warmup-fails", "1")].error
