@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +79,8 @@ class AgentProcess:
                 self.proc.stdout.close()
 
 
-def start_agent(args: list[str], timeout: float = 60.0) -> AgentProcess:
-    """Start `python -m edge_agent <args>` and wait for its ready line."""
+def start_agent(args: list[str], timeout: float = 60.0, preexec_fn: Callable[[], None] | None = None) -> AgentProcess:
+    """Start `python -m edge_agent <args>` and wait for its ready line (`preexec_fn` runs in the child)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent", *args],
@@ -87,6 +88,7 @@ def start_agent(args: list[str], timeout: float = 60.0) -> AgentProcess:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=preexec_fn,  # noqa: PLW1509 - tests pass only setrlimit, safe between fork and exec
     )
     assert proc.stdout is not None
     output: list[str] = []
