@@ -26,6 +26,7 @@ from cloud_hub.fleet.claims import ClaimService
 from cloud_hub.fleet.devices import DeviceService
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.fleet.provisioning import Provisioner, ProvisionSettings
+from cloud_hub.fleet.ratelimit import FailureLimiter
 from cloud_hub.fleet.tokens import OPERATOR_PREFIX, new_id, new_token, token_hash
 from cloud_hub.ingest.service import IngestService
 from cloud_hub.metrics import HubMetrics
@@ -64,6 +65,7 @@ class Hub:
             self.fleet,
             ProvisionSettings(self.url, broker, config.topic_prefix, config.telemetry_interval_s),
         )
+        self.claim_limiter = FailureLimiter()  # failed provisioning attempts per source address
         self.broker = BrokerLinks(config, self.identity, self.metrics)
         self.provisioner.registrar = self.devices.registrar = self.broker.registrar
         self.provisioner.write_crl = self.devices.write_crl

@@ -37,3 +37,11 @@ class PKIError(HubError):
 
 class ConfigError(HubError):
     """The hub's configuration is invalid."""
+
+
+class TooManyRequests(HubError):
+    """Too many failed attempts from one source (HTTP 429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from cloud_hub.errors import Conflict, Forbidden, HubError, InvalidRequest, NotFound, Unauthorized
+from cloud_hub.errors import Conflict, Forbidden, HubError, InvalidRequest, NotFound, TooManyRequests, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +18,7 @@ STATUS: tuple[tuple[type[HubError], int], ...] = (
     (Forbidden, 403),
     (NotFound, 404),
     (Conflict, 409),
+    (TooManyRequests, 429),
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,7 +48,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if status >= 500:
             log.exception("%s %s failed", request.method, request.path)
             return error_response(status, "internal error")
-        return error_response(status, str(exc))
+        response = error_response(status, str(exc))
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -9,6 +9,7 @@ from aiohttp import web
 from cloud_hub.fleet.claims import ClaimService
 from cloud_hub.fleet.devices import DeviceService
 from cloud_hub.fleet.provisioning import Provisioner
+from cloud_hub.fleet.ratelimit import FailureLimiter
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.pki import HubIdentity
 from cloud_hub.registry import ModelRegistry
@@ -27,6 +28,7 @@ class HubCore(Protocol):
     claims: ClaimService
     devices: DeviceService
     provisioner: Provisioner
+    claim_limiter: FailureLimiter
     registry: ModelRegistry
     desired: DesiredWriter
     rollouts: RolloutService

@@ -153,7 +153,7 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/provision": {
             "post": op(
                 "Provision a device: the claim token is the credential; returns its certificate and trust anchors.",
-                {"200": json_of(ref("ProvisionResponse"), "Provisioned."), **errors(400, 401, 403, 409, 413)},
+                {"200": json_of(ref("ProvisionResponse"), "Provisioned."), **errors(400, 401, 403, 409, 413, 429)},
                 body=json_body(ref("ProvisionRequest")),
                 security=public,
             )

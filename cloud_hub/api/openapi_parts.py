@@ -17,6 +17,7 @@ ERRORS = {
     404: "No such resource.",
     409: "Conflicts with the current state.",
     413: "Body larger than the limit.",
+    429: "Too many failed attempts from this address; see Retry-After.",
 }
 
 

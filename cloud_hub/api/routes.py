@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from cloud_hub.api.keys import HUB_KEY
 from cloud_hub.api.openapi import OPENAPI_PATH, openapi_document
-from cloud_hub.errors import InvalidRequest
+from cloud_hub.errors import InvalidRequest, Unauthorized
 from cloud_hub.fleet.provisioning import PresentedCert
 from protocols.messages import ProvisionRequest
 
@@ -91,8 +91,14 @@ async def provision(request: web.Request) -> web.Response:
         hub.metrics.provisioned.labels(outcome="invalid").inc()
         first = exc.errors()[0]
         raise InvalidRequest(f"invalid provision request: {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+    source = request.remote or "?"
     try:
+        hub.claim_limiter.check(source)  # before any work: 429 while this source has no failed try left
         response = await hub.provisioner.provision(body, proof=peer_certificate(request))
+    except Unauthorized as exc:  # an unknown, used-up or expired claim: one failed try
+        hub.claim_limiter.failed(source)
+        hub.metrics.provisioned.labels(outcome=type(exc).__name__).inc()
+        raise
     except Exception as exc:
         hub.metrics.provisioned.labels(outcome=type(exc).__name__).inc()
         raise
