@@ -45,6 +45,7 @@ def _serve_config(args: argparse.Namespace) -> AgentConfig:
         runtime=OnnxRuntimeConfig(intra_op_threads=args.threads, inter_op_threads=1 if args.threads else None),
         batching=BatchingConfig(max_queue_delay_ms=args.max_queue_delay_ms),
         expose_deadline_ms=args.deadline_ms,
+        server_name=args.server_name,
     )
 
 
@@ -111,6 +112,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
         default=60_000,
         help="deadline of every model (standalone; callers such as offloading agents send their own timeout)",
     )
+    serve.add_argument("--server-name", default="edgefleet-edge-agent", help="name GET /v2 answers (e.g. triton)")
     # Internal: how the supervisor of a safety cell starts its two processes (docs/scheduling.md).
     serve.add_argument("--role", choices=["cell", "main"], default=None, help=argparse.SUPPRESS)
     serve.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)

@@ -313,6 +313,11 @@ class AgentConfig(_Config):
             "`serve --standalone` defaults to 60000: a cloud pool's callers send their own timeout."
         ),
     )
+    server_name: str = Field(
+        default="edgefleet-edge-agent",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="The name GET /v2 answers; `triton` for client code that checks for it (docs/triton-compat.md).",
+    )
     pipelines: list[PipelineSpec] = Field(
         default_factory=list, description="V2 model names served with a priority class, deadline and offload policy."
     )

@@ -304,7 +304,8 @@ class ServingCore:
 
     def server_metadata(self) -> dict[str, Any]:
         """V2 server metadata (with `parameters.safety_cell_url` when safety pipelines run in a cell)."""
-        metadata: dict[str, Any] = {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+        metadata: dict[str, Any] = {"name": self.config.server_name, "version": __version__}
+        metadata["extensions"] = list(EXTENSIONS)
         if self.safety_cell_url is not None:
             metadata["parameters"] = {"safety_cell_url": self.safety_cell_url}
         return metadata
