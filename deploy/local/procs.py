@@ -102,7 +102,10 @@ class Supervisor:
     def __init__(self, workdir: Path, grace_s: float = 5.0) -> None:
         self.workdir = workdir
         self.logs = workdir / "logs"
+        # Children's output holds secrets (the hub prints its first operator token, claims print their join
+        # line): the folder is the owner's only, and so is every log in it.
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.logs.chmod(0o700)
         self.pids_file = workdir / "pids.json"
         self.grace_s = grace_s
         self.children: list[Child] = []
@@ -118,7 +121,8 @@ class Supervisor:
         child_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         child_env["PYTHONUNBUFFERED"] = "1"
         child_env.update(env or {})
-        with log_path.open("ab") as out:
+        with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
+            os.fchmod(out.fileno(), 0o600)  # also when it was there before
             try:
                 proc = subprocess.Popen(
                     argv,
