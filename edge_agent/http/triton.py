@@ -15,6 +15,7 @@ from edge_agent.errors import InvalidInput, NotFound, Unavailable
 from edge_agent.http.keys import CORE_KEY, METRICS_KEY
 from edge_agent.serving.core import Target
 from edge_agent.serving.registry import LoadedModel
+from models.zoo import LABELS_FILE
 from protocols.binary import RequestedOutput
 
 __all__ = ["classify", "model_config_of", "routes"]
@@ -74,7 +75,7 @@ def model_config_of(target: Target, delay_ms: float) -> dict[str, Any]:
                 "name": t.name,
                 "data_type": _triton_type(t.datatype),
                 "dims": dims(t.shape),
-                "label_filename": "",
+                "label_filename": LABELS_FILE if model.labels else "",
                 "is_shape_tensor": False,
             }
             for t in model.manifest.outputs
@@ -198,12 +199,14 @@ def _apply_log_settings(settings: dict[str, Any]) -> None:
 
 
 def classify(
-    outputs: dict[str, np.ndarray[Any, Any]], wanted: list[RequestedOutput] | None, batching: bool
+    outputs: dict[str, np.ndarray[Any, Any]], wanted: list[RequestedOutput] | None, model: LoadedModel
 ) -> dict[str, np.ndarray[Any, Any]]:
     """Triton's classification extension: an output asked for with `classification: k` comes back as BYTES
-    "score:index" for its k highest scores (per batch row when the model batches)."""
+    "score:index[:label]" for its k highest scores (per batch row when the model batches); labels come from
+    the package's labels.txt when it has one entry per class."""
     if not wanted:
         return outputs
+    batching, labels = model.max_batch_size > 0, model.labels
     for output in wanted:
         k = output.parameters.get("classification")
         if k is None:
@@ -216,7 +219,12 @@ def classify(
         rows = array.reshape(array.shape[0], -1) if batching and array.ndim > 0 else array.reshape(1, -1)
         k = min(k, rows.shape[1])
         order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
-        scored = [[f"{float(row[i]):f}:{int(i)}".encode() for i in top] for row, top in zip(rows, order, strict=True)]
+        names = labels if len(labels) == rows.shape[1] else None
+
+        def entry(score: float, index: int, names: tuple[str, ...] | None = names) -> bytes:
+            return (f"{score:f}:{index}" if names is None else f"{score:f}:{index}:{names[index]}").encode()
+
+        scored = [[entry(float(row[i]), int(i)) for i in top] for row, top in zip(rows, order, strict=True)]
         result = np.empty((len(scored), k), dtype=object)
         result[:] = scored
         outputs[output.name] = result if batching else result.reshape(k)

@@ -103,7 +103,7 @@ async def infer(request: web.Request) -> web.Response:
             model_name=name,
             model_version=target.model.version,
             id=decoded.id,
-            outputs=classify(served.outputs, wanted, target.model.max_batch_size > 0),
+            outputs=classify(served.outputs, wanted, target.model),
             binary=binary,
             parameters={ROUTE_PARAMETER: served.where},
         )

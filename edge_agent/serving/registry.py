@@ -12,6 +12,7 @@ from edge_agent.errors import InvalidInput, NotFound, Unavailable
 from edge_agent.scheduler.queue import QueueKey
 from edge_agent.store import version_key
 from models.runtimes.base import Runtime
+from models.zoo import LABELS_FILE
 from protocols.datatypes import numpy_dtype
 from protocols.manifest import Manifest, TensorSpec
 
@@ -36,6 +37,7 @@ class LoadedModel:
     checks: tuple[tuple[str, str, np.dtype[Any], tuple[int, ...]], ...] = field(init=False)
     output_names: tuple[str, ...] = field(init=False)
     text_inputs: tuple[str, ...] = field(init=False)
+    labels: tuple[str, ...] = field(init=False)  # the package's labels.txt, for classification outputs
 
     def __post_init__(self) -> None:
         self.key = QueueKey(self.manifest.name, self.manifest.version)
@@ -46,6 +48,10 @@ class LoadedModel:
         # not in the batch, where they would fail every request batched with them.
         onnx = self.manifest.format == "onnx"
         self.text_inputs = tuple(t.name for t in self.manifest.inputs if onnx and t.datatype == "BYTES")
+        self.labels = ()
+        if any(f.path == LABELS_FILE for f in self.manifest.files):  # verified with the package's other files
+            text = (self.runtime.package_dir / LABELS_FILE).read_text(encoding="utf-8")
+            self.labels = tuple(line.strip() for line in text.splitlines())
 
     @property
     def name(self) -> str:

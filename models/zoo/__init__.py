@@ -11,6 +11,7 @@ from pathlib import Path
 from models.signing import Ed25519PublicKey, key_id, load_public_key
 
 __all__ = [
+    "LABELS_FILE",
     "PACKAGES_DIR",
     "ZOO_DIR",
     "ZOO_MODELS",
@@ -23,6 +24,8 @@ __all__ = [
 ZOO_DIR = Path(__file__).resolve().parent
 PACKAGES_DIR = ZOO_DIR / "packages"
 ZOO_PUBLIC_KEY_FILE = ZOO_DIR / "zoo-signing.pub"
+# A package file of class labels, one per line, for classification outputs (Triton's label_filename).
+LABELS_FILE = "labels.txt"
 # (name, version) of every committed package; tiny-cnn 2 has other weights than 1 (rollout tests); text-echo
 # is the string (BYTES) identity model; mobilenet-v2 the compute-dominated vision model of bench/overload.py.
 ZOO_MODELS: tuple[tuple[str, str], ...] = (

@@ -22,7 +22,7 @@ from typing import Any
 
 from models.package import build_package, tensor_specs_from_onnx, verify_package
 from models.signing import Ed25519PrivateKey, generate_keypair, key_id, save_public_key
-from models.zoo import PACKAGES_DIR, ZOO_DIR
+from models.zoo import LABELS_FILE, PACKAGES_DIR, ZOO_DIR
 
 OPSET = 17
 MAX_BATCH_SIZE = 8
@@ -41,6 +41,7 @@ class ZooEntry:
     output_name: str
     description: str
     graph: Callable[[], bytes] | None = None
+    labels: tuple[str, ...] = ()  # written as labels.txt: Triton-style class labels of the output
 
 
 def text_echo_onnx() -> bytes:
@@ -57,10 +58,15 @@ def text_echo_onnx() -> bytes:
     return data
 
 
+CNN = ("clear", "pedestrian", "vehicle", "obstacle")
 ENTRIES: tuple[ZooEntry, ...] = (
     ZooEntry("text-echo", "1", None, 0, (1,), "echo", "String (BYTES) identity.", graph=text_echo_onnx),
-    ZooEntry("tiny-cnn", "1", "TinyCNN", 1, (3, 64, 64), "scores", "Obstacle-detector stand-in: 4 class scores."),
-    ZooEntry("tiny-cnn", "2", "TinyCNN", 2, (3, 64, 64), "scores", "tiny-cnn with other weights (rollout tests)."),
+    ZooEntry(
+        "tiny-cnn", "1", "TinyCNN", 1, (3, 64, 64), "scores", "Obstacle-detector stand-in: 4 class scores.", labels=CNN
+    ),
+    ZooEntry(
+        "tiny-cnn", "2", "TinyCNN", 2, (3, 64, 64), "scores", "tiny-cnn with other weights (rollout tests).", labels=CNN
+    ),
     ZooEntry("tiny-mlp", "1", "TinyMLP", 1, (64,), "logits", "MLP 64-256-256-10."),
     ZooEntry(
         "mobilenet-v2",
@@ -126,8 +132,12 @@ def export_zoo(out_dir: Path, private_key: Ed25519PrivateKey, *, reuse_from: Pat
                 model_path = Path(scratch) / "model.onnx"
                 write_onnx(entry, model_path, reuse_from=reuse_from)
                 inputs, outputs = tensor_specs_from_onnx(model_path)
+                files = [model_path]
+                if entry.labels:
+                    files.append(Path(scratch) / LABELS_FILE)
+                    files[-1].write_text("".join(f"{label}\n" for label in entry.labels), encoding="utf-8")
                 pkg = build_package(
-                    model_path,
+                    files,
                     staging / entry.name / entry.version,
                     name=entry.name,
                     version=entry.version,

@@ -195,6 +195,7 @@ def test_image_client_tiny_cnn(triton: AgentProcess, reference: Reference) -> No
     assert len(metadata["inputs"][0]["shape"]) == 3 + 1  # CHW plus the batch axis
     assert config["input"][0]["format"] == "FORMAT_NCHW" and config["input"][0]["dims"] == [3, 64, 64]
     assert config["input"][0]["data_type"] == "TYPE_FP32" and config["output"][0]["dims"] == [4]
+    assert config["output"][0]["label_filename"] == "labels.txt"
     image = np.random.default_rng(3).random((2, 3, 64, 64), dtype=np.float32)
     tensor = httpclient.InferInput("input", list(image.shape), "FP32")
     tensor.set_data_from_numpy(image)
@@ -204,8 +205,11 @@ def test_image_client_tiny_cnn(triton: AgentProcess, reference: Reference) -> No
     scores = reference("tiny-cnn", image)
     for row, expected in zip(result, scores, strict=True):
         parsed = ["".join(chr(x) for x in item).split(":") for item in row]  # as image_client reads them
-        assert [int(p[1]) for p in parsed] == list(np.argsort(-expected, kind="stable")[:3])
+        top = list(np.argsort(-expected, kind="stable")[:3])
+        assert [int(p[1]) for p in parsed] == top
         assert [float(p[0]) for p in parsed] == pytest.approx(sorted(expected, reverse=True)[:3], abs=1e-6)
+        labels = ("clear", "pedestrian", "vehicle", "obstacle")  # the package's labels.txt
+        assert [p[2] for p in parsed] == [labels[i] for i in top]  # image_client prints cls[0], cls[1], cls[2]
     with pytest.raises(InferenceServerException, match="'classification' must be a positive integer"):
         client.infer("tiny-cnn", [tensor], outputs=[httpclient.InferRequestedOutput("scores", class_count=-1)])
 
