@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent_support import sample, standalone_config
+import pytest
+from agent_support import sample, standalone_config, start_agent
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from rig import free_port
 
 from edge_agent.app import Agent
+from models.zoo import PACKAGES_DIR, ZOO_PUBLIC_KEY_FILE
 from protocols.binary import HEADER_LENGTH, encode_request
 from protocols.pipeline import PipelineSpec
 
@@ -25,6 +33,7 @@ DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "edgefl
 SELECTOR = re.compile(r"(edgefleet_\w+)\{([^}]*)\}")
 MATCHER = re.compile(r'(\w+)\s*(=~|=)\s*"([^"]*)"')
 Samples = list[tuple[str, dict[str, str]]]
+PROM_HINT = "needs prometheus and promtool (Debian: apt-get install prometheus)"
 
 
 def _samples(text: str) -> Samples:
@@ -72,3 +81,101 @@ async def test_every_agent_panel_has_series_for_a_selected_pipeline(aiohttp_clie
                 assert _select(samples, selector.group(0), variables), f"{panel['title']}: {selector.group(0)}"
                 checked += 1
     assert checked >= 8
+
+
+PROMETHEUS_CONFIG = """
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: agent
+    static_configs: [{{targets: ["{target}"]}}]
+"""
+AGENT_TOML = """
+standalone = true
+model_dirs = ["{packages}"]
+trusted_keys = ["{key}"]
+[http]
+port = 0
+[[pipelines]]
+name = "collision"
+model = "tiny-cnn"
+priority = "standard"
+deadline_ms = 2000
+"""
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _query(base: str, expr: str) -> list[Any]:
+    data = _get_json(f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
+    assert data["status"] == "success", data
+    result: list[Any] = data["data"]["result"]
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None, reason=PROM_HINT)
+def test_dashboard_queries_in_a_real_prometheus_and_promtool_check_metrics(tmp_path: Path) -> None:
+    """A real Prometheus scrapes a real agent; every agent panel's PromQL, filtered on one pipeline, returns
+    series; and `promtool check metrics` accepts the agent's exposition."""
+    (tmp_path / "agent.toml").write_text(AGENT_TOML.format(packages=PACKAGES_DIR, key=ZOO_PUBLIC_KEY_FILE))
+    agent = start_agent(["serve", "--config", str(tmp_path / "agent.toml")])
+    prometheus = None
+    try:
+        target = agent.url.removeprefix("http://")
+        port = free_port()
+        (tmp_path / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(target=target))
+        prometheus = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        body, length = encode_request(inputs={"input": sample("tiny-cnn", 2)})
+        request = urllib.request.Request(
+            f"{agent.url}/v2/models/collision/infer", data=body, headers={HEADER_LENGTH: str(length)}
+        )
+        deadline = time.monotonic() + 60
+        while True:  # traffic until Prometheus has several scrapes of it
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert resp.status == 200
+            time.sleep(0.2)
+            try:
+                seen = _query(base, 'count_over_time(edgefleet_requests_total{model="collision"}[1m])')
+            except (OSError, AssertionError):
+                seen = []
+            if seen and float(seen[0]["value"][1]) >= 6:
+                break
+            assert time.monotonic() < deadline, "Prometheus never scraped the agent"
+        with urllib.request.urlopen(f"{agent.url}/metrics", timeout=10) as resp:
+            exposition = resp.read()
+        check = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+        match = urllib.parse.urlencode({"match[]": 'edgefleet_pipeline_info{model=~"collision"}'})
+        models = _get_json(f"{base}/api/v1/label/name/values?{match}")["data"]
+        assert models == ["tiny-cnn"]
+        variables = {"$pipeline": "collision", "$model": "tiny-cnn", "$instance": ".*", "$__rate_interval": "30s"}
+        dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+        checked = 0
+        for panel in dashboard["panels"]:
+            for item in panel.get("targets", []):
+                expr = item["expr"]
+                if "edgefleet_hub_" in expr:
+                    continue
+                for var, value in variables.items():
+                    expr = expr.replace(var, value)
+                assert _query(base, expr), f"{panel['title']}: no series for {expr}"
+                checked += 1
+        assert checked >= 8
+    finally:
+        if prometheus is not None:
+            prometheus.terminate()
+            prometheus.wait(20)
+        assert agent.stop() == 0, "".join(agent.output)
