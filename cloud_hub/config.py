@@ -77,6 +77,14 @@ class HubConfig(BaseModel):
         description="Unacknowledged QoS 1 messages the broker may have in flight to the hub (acknowledged after "
         "their batch is committed).",
     )
+    telemetry_max_per_s: PositiveFloat = Field(
+        default=20.0,
+        description="Load reports per second one device may send on average; more are dropped before the "
+        'database and counted (edgefleet_hub_ingest_dropped_total{reason="rate_limited"}).',
+    )
+    telemetry_burst: PositiveInt = Field(
+        default=10_000, description="Reports a device may send at once (its spool after an outage: 8640 by default)."
+    )
     batch_max_rows: PositiveInt = Field(default=1000, description="Flush ingest writes at this many rows.")
     batch_max_delay_ms: PositiveInt = Field(default=200, description="Flush ingest writes after this long.")
     telemetry_retention_s: PositiveFloat = Field(default=86_400.0, description="Telemetry rows older are pruned.")

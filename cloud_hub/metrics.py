@@ -15,6 +15,7 @@ DROP_REASONS = (
     "internal",
     "db_error",
     "backlog",
+    "rate_limited",
 )
 KINDS = ("state", "telemetry", "reported", "events")
 

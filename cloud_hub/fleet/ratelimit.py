@@ -51,3 +51,26 @@ class FailureLimiter:
         self._buckets.move_to_end(source)
         while len(self._buckets) > self.max_sources:
             self._buckets.popitem(last=False)
+
+
+class DeviceRate:
+    """Per-device token bucket for messages: `allow(device_id)` takes a token, False when none is left.
+
+    Keyed by known, active device ids only (the caller checks first), so the table is as big as the fleet."""
+
+    def __init__(self, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = float(burst)
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, device_id: str) -> bool:
+        """Take one token from `device_id`'s bucket; False (take nothing) when it is empty."""
+        now = self.clock()
+        tokens, at = self._buckets.get(device_id, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
+        if tokens < 1:
+            self._buckets[device_id] = (tokens, now)
+            return False
+        self._buckets[device_id] = (tokens - 1, now)
+        return True

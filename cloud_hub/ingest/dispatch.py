@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from cloud_hub.fleet.live import LiveDevice, LiveFleet
+from cloud_hub.fleet.ratelimit import DeviceRate
 from cloud_hub.ingest.writer import BatchWriter
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.store.summary import summarize
@@ -55,6 +56,7 @@ class Dispatcher:
         self.metrics = metrics
         self.on_unknown = on_unknown
         self.clock = clock
+        self.rate: DeviceRate | None = None  # per-device telemetry limit (HubConfig.telemetry_max_per_s)
         # Topics repeat (a handful per device): remember parses instead of running the regexes again.
         self._parsed: dict[str, tuple[str, str]] = {}
         self._handlers: dict[str, Callable[[str, LiveDevice, bytes], None]] = {
@@ -75,6 +77,8 @@ class Dispatcher:
                 raise Dropped("unknown_device", f"message from unknown device {device_id!r}")
             if live.status != "active":
                 raise Dropped("revoked", f"message from revoked device {device_id!r}")
+            if kind == "telemetry" and self.rate is not None and not self.rate.allow(device_id):
+                raise Dropped("rate_limited", f"device {device_id!r} is over its telemetry rate")  # issue 15
             self._handlers[kind](device_id, live, payload)
             self.metrics.accepted[kind].inc()
         except Dropped as exc:

@@ -16,6 +16,7 @@ from cloud_hub.config import HubConfig
 from cloud_hub.errors import ConfigError
 from cloud_hub.fleet.devices import DeviceService
 from cloud_hub.fleet.live import LiveFleet
+from cloud_hub.fleet.ratelimit import DeviceRate
 from cloud_hub.ingest.acks import AckPublisher
 from cloud_hub.ingest.dispatch import Dispatcher
 from cloud_hub.ingest.writer import BatchWriter
@@ -103,6 +104,7 @@ class IngestService:
         self.acks = AckPublisher(self.topics, lambda: self.broker.links, metrics)
         self.writer.on_committed = self.acks.committed
         self.dispatcher = Dispatcher(self.topics, fleet, self.writer, metrics, on_unknown=self._unknown)
+        self.dispatcher.rate = DeviceRate(config.telemetry_max_per_s, config.telemetry_burst)  # issue 15
         self.client_id = ""
         self._id_lock: int | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -32,6 +32,8 @@ EVERY_FIELD: dict[str, tuple[str, Any]] = {
     "mqtt_client_id": ('"edgefleet-hub-a"', "edgefleet-hub-a"),
     "mqtt_identity": ('"edgefleet-hub-2"', "edgefleet-hub-2"),
     "broker_authz": ('"dynsec"', "dynsec"),
+    "telemetry_max_per_s": ("5.0", 5.0),
+    "telemetry_burst": ("100", 100),
     "mqtt_session_expiry_s": ("600", 600),
     "mqtt_receive_maximum": ("500", 500),
     "batch_max_rows": ("50", 50),

@@ -197,8 +197,12 @@ async def test_agent_survives_a_desired_state_storm_and_counts_it(
         agent_toml.write_text('state_dir = "state"\n[http]\nport = 0\n[fleet]\nidentity_dir = "identity"\n')
         agent = await asyncio.to_thread(start_agent, ["serve", "--config", str(agent_toml)])
         paths = hub.identity.paths
+        # Other hub identities (the broker makes the CN the client id: the hub's own would take its link over).
+        as_hub = {cn: (tmp_path / f"{cn}.pem", tmp_path / f"{cn}.key") for cn in ("edgefleet-hub-2", "edgefleet-hub-3")}
+        for cn, files in as_hub.items():
+            hub.identity.issue_keypair(cn, *files, server=False)
         hub_client = await asyncio.to_thread(
-            DeviceClient, hub_broker, paths.ca_cert, (paths.hub_cert, paths.hub_key), "storm-as-hub"
+            DeviceClient, hub_broker, paths.ca_cert, as_hub["edgefleet-hub-2"], "storm-as-hub"
         )
         try:
             deadline = time.monotonic() + 20
@@ -232,7 +236,7 @@ async def test_agent_survives_a_desired_state_storm_and_counts_it(
                 await asyncio.to_thread(publish, topic, desired(revision))
             # A 10 MB payload: the broker (max_packet_size 1 MiB) refuses it and drops that publisher.
             flood = await asyncio.to_thread(
-                DeviceClient, hub_broker, paths.ca_cert, (paths.hub_cert, paths.hub_key), "storm-flood"
+                DeviceClient, hub_broker, paths.ca_cert, as_hub["edgefleet-hub-3"], "storm-flood"
             )
             flood.client.publish(topic, b"x" * (10 << 20), qos=1)
             deadline = time.monotonic() + 10
