@@ -8,8 +8,9 @@ remaining time; otherwise the request is rejected at once with 503 and Retry-Aft
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from edge_agent.scheduler.priority import SAFETY, PriorityScheduler
 from edge_agent.scheduler.queue import CLASSES, Expired, QueueKey, Tensors
 from protocols.pipeline import PRIORITY_RANK, PipelineSpec
 
-__all__ = ["Admission", "Rejected", "Served", "budget_s", "effective_rank"]
+__all__ = ["Admission", "Rejected", "Served", "answered_by", "budget_s", "effective_rank"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +136,23 @@ class Admission:
                 )
         outputs = await self._scheduler.submit(key, inputs, rows, rank=rank, deadline=deadline)
         return Served(outputs, "local")
+
+
+def _drop(task: asyncio.Future[Served]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a late answer's failure is not "never retrieved"
+
+
+async def answered_by(call: Awaitable[Served], timeout_s: float, name: str) -> Served:
+    """`call`'s answer if it comes within `timeout_s`, else Expired at that moment (a safety request is
+    refused at its deadline, not answered late); a batch already running finishes and its answer is dropped."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, timeout_s))
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    task.add_done_callback(_drop)
+    raise Expired(f"model {name!r}: no answer by the request's deadline (refused at the deadline, not served late)")

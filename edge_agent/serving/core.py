@@ -21,7 +21,7 @@ from edge_agent.offload.router import OffloadRouter
 from edge_agent.scheduler.estimates import ServiceTimes
 from edge_agent.scheduler.priority import BatchObserver, PriorityScheduler
 from edge_agent.scheduler.queue import Expired, QueueKey
-from edge_agent.serving.admission import Admission, Served, budget_s, effective_rank
+from edge_agent.serving.admission import Admission, Served, answered_by, budget_s, effective_rank
 from edge_agent.serving.pipelines import build_pipelines, without_cell_safety
 from edge_agent.serving.registry import LoadedModel, ModelRegistry
 from edge_agent.serving.startup import load_each
@@ -38,7 +38,6 @@ __all__ = ["ServingCore", "Target"]
 logger = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray[Any, Any]]
-SERVER_NAME = "edgefleet-edge-agent"
 # Triton's extension names (docs/triton-compat.md); not sequence, shared memory, trace, schedule_policy.
 _EXTENSIONS = "binary_tensor_data parameters classification model_configuration model_repository statistics logging"
 EXTENSIONS = tuple(_EXTENSIONS.split())
@@ -372,7 +371,7 @@ class ServingCore:
             admission = self._admission
             if admission is None:
                 raise Unavailable("the serving core is not started")
-            served = await admission.run(
+            call = admission.run(
                 pipeline,
                 model.key,
                 inputs,
@@ -381,12 +380,10 @@ class ServingCore:
                 rank=effective_rank(pipeline.priority, priority),
                 deadline=deadline,
             )
+            if pipeline.priority == "safety":  # answered by the deadline or refused then, never late
+                call = answered_by(call, deadline - self.scheduler.now(), pipeline.name)
+            served = await call
             outcome, ok = served.where, True
-            if pipeline.priority == "safety" and self.scheduler.now() > start + budget_s(
-                pipeline.deadline_ms, timeout_us
-            ):
-                ok = False
-                raise Expired(f"model {pipeline.name!r}: the answer came after the request's deadline (refused)")
         except Expired:
             outcome = "expired"
             raise
