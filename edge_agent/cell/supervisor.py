@@ -151,15 +151,16 @@ def _stop(children: list[Child]) -> None:
 
 def _children(config: AgentConfig, config_path: Path, log_level: str) -> tuple[list[Child], list[socket.socket]]:
     cell = config.safety_cell
-    main_sock = bind_tcp(config.http.host, config.http.port)
-    cell_sock = bind_tcp(cell.host, cell.port)
+    backlog = config.http.backlog
+    main_sock = bind_tcp(config.http.host, config.http.port, backlog)
+    cell_sock = bind_tcp(cell.host, cell.port, backlog)
     socks = [main_sock, cell_sock]
     base = [sys.executable, "-m", "edge_agent", "--log-level", log_level, "serve", "--config", str(config_path)]
     cell_args = ["--role", "cell", "--listen-fd", str(cell_sock.fileno())]
     cell_fds: tuple[int, ...] = (cell_sock.fileno(),)
     links = ["--cell-url", url_of(cell_sock)]
     if cell.unix_socket is not None:
-        unix = bind_unix(cell.unix_socket)
+        unix = bind_unix(cell.unix_socket, backlog)
         socks.append(unix)
         cell_args += ["--unix-fd", str(unix.fileno())]
         cell_fds += (unix.fileno(),)
