@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,3 +119,18 @@ def start_agent(args: list[str], timeout: float = 60.0, preexec_fn: Callable[[],
         proc.stdout.close()
         raise AssertionError(f"agent exited with {proc.returncode}:\n" + "".join(output))
     return AgentProcess(proc, found[0], output, reader)
+
+
+def gzip_bomb(inflated: int = 1 << 30) -> bytes:
+    """A single gzip stream of `inflated` zero bytes (about 1 MiB): full-flushed 1 MiB blocks repeat exactly."""
+    mib = 1 << 20
+    zeros = bytes(mib)
+    enc = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = enc.compress(zeros) + enc.flush(zlib.Z_FULL_FLUSH)
+    block = enc.compress(zeros) + enc.flush(zlib.Z_FULL_FLUSH)
+    tail = enc.flush()
+    crc = 0
+    for _ in range(inflated // mib):
+        crc = zlib.crc32(zeros, crc)
+    trailer = crc.to_bytes(4, "little") + (inflated & 0xFFFFFFFF).to_bytes(4, "little")
+    return head + block * (inflated // mib - 1) + tail[:-8] + trailer

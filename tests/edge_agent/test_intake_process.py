@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from agent_support import AgentProcess, start_agent
+from agent_support import AgentProcess, gzip_bomb, start_agent
 
 from models.zoo import PACKAGES_DIR, ZOO_PUBLIC_KEY_FILE
 
@@ -31,20 +31,6 @@ RSS_BOUND_KIB = 128 * 1024  # the inflated cap (64 MiB) plus one step, with room
 SAFETY_BODY = json.dumps(
     {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
 ).encode()
-
-
-def gzip_bomb(inflated: int = 1 << 30) -> bytes:
-    """A single gzip stream of `inflated` zero bytes (about 1 MiB): full-flushed 1 MiB blocks repeat exactly."""
-    zeros = bytes(MiB)
-    enc = zlib.compressobj(9, zlib.DEFLATED, 31)
-    head = enc.compress(zeros) + enc.flush(zlib.Z_FULL_FLUSH)
-    block = enc.compress(zeros) + enc.flush(zlib.Z_FULL_FLUSH)
-    tail = enc.flush()
-    crc = 0
-    for _ in range(inflated // MiB):
-        crc = zlib.crc32(zeros, crc)
-    trailer = crc.to_bytes(4, "little") + (inflated & 0xFFFFFFFF).to_bytes(4, "little")
-    return head + block * (inflated // MiB - 1) + tail[:-8] + trailer
 
 
 def _config(tmp_path: Path, name: str, http: str, pipelines: str) -> Path:

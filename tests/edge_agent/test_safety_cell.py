@@ -3,8 +3,10 @@ higher OS priority) and a main process (everything else). Killing or stopping on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -22,7 +24,7 @@ from deploy.local.procs import free_port
 from edge_agent.store import ModelStore
 from models.zoo import ZOO_PUBLIC_KEY_FILE, zoo_package_path
 from protocols.binary import encode_request
-from tests.edge_agent.agent_support import AgentProcess, sample, start_agent
+from tests.edge_agent.agent_support import AgentProcess, gzip_bomb, sample, start_agent
 
 DEADLINE_MS = 200  # generous for a shared 2-core CI machine; the 50 ms figure is bench/overload.py's
 
@@ -247,3 +249,59 @@ def test_a_cell_that_cannot_listen_stops_the_agent_with_a_clear_error(tmp_path: 
             timeout=120,
         )
     assert done.returncode == 1 and "cannot listen" in done.stderr, done.stderr
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_bombs_and_2000_idle_connections_on_the_main_port_leave_the_cell_on_time(
+    agent: tuple[AgentProcess, str, Path],
+) -> None:
+    """The attack goes where best-effort apps connect; the safety app's listener and process never see it."""
+    proc, cell_url, _ = agent
+    kids = _children(proc.proc.pid)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2300:
+        pytest.skip(f"this process may open only {hard} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2300), hard))
+    bomb = gzip_bomb()
+    port = int(proc.url.rsplit(":", 1)[1])
+    cell_before, main_before = _vm_hwm_kib(kids["cell"]), _vm_hwm_kib(kids["main"])
+    idle: list[socket.socket] = []
+    statuses: list[int] = []
+    with Paced(cell_url) as paced:
+        time.sleep(0.5)
+        for _ in range(2000):
+            sock = socket.socket()
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect(("127.0.0.1", port))
+            idle.append(sock)
+        for _ in range(3):
+            request = urllib.request.Request(
+                f"{proc.url}/v2/models/analytics/infer",
+                data=bomb,
+                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    statuses.append(answer.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+        time.sleep(0.5)
+    for sock in idle:
+        sock.close()
+    cell_growth = _vm_hwm_kib(kids["cell"]) - cell_before
+    main_growth = _vm_hwm_kib(kids["main"]) - main_before
+    worst = max(ms for _, ms in paced.results)
+    print(f"safety during bombs + 2000 idle: {len(paced.results)} requests, max {worst:.1f} ms; VmHWM growth")
+    print(f"cell {cell_growth} KiB, main {main_growth} KiB; bombs answered {statuses}")
+    assert statuses == [413] * 3
+    assert {s for s, _ in paced.results} == {200} and len(paced.results) > 20
+    assert worst < DEADLINE_MS
+    assert cell_growth < 16 * 1024  # the cell never saw the bombs
+    assert main_growth < 128 * 1024  # the inflate cap (64 MiB) plus one step, with room for the allocator
