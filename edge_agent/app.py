@@ -23,6 +23,7 @@ from aiohttp import web
 from edge_agent.cell.follow import StoreFollower, read_store
 from edge_agent.cell.forward import CellClient, CombinedStats, Forwarder
 from edge_agent.cell.priority import apply as apply_priority
+from edge_agent.cell.priority import realtime
 from edge_agent.cell.roles import cell_config, main_config, safety_models, safety_names
 from edge_agent.cell.routes import cell_routes
 from edge_agent.config import AgentConfig, FleetConfig
@@ -352,7 +353,7 @@ async def serve(config: AgentConfig, listeners: Listeners | None = None) -> int:
     listeners = listeners or Listeners()
     if listeners.role == "cell":
         cell = config.safety_cell
-        applied = apply_priority(nice=cell.nice, rr_priority=cell.sched_rr_priority, oom_score_adj=cell.oom_score_adj)
+        applied = apply_priority(nice=cell.nice, rr_priority=None, oom_score_adj=cell.oom_score_adj)
         logger.info("safety cell: %s", applied)
         agent = _cell_agent(config, listeners)
     elif listeners.role == "main":
@@ -381,6 +382,8 @@ async def serve(config: AgentConfig, listeners: Listeners | None = None) -> int:
                 return 1
             print(_ready_line(listeners, config, sites), flush=True)
             logger.info("ready=%s", agent.core.ready())
+            if listeners.role == "cell" and config.safety_cell.sched_rr_priority > 0:
+                logger.info("safety cell: %s", realtime(config.safety_cell.sched_rr_priority))
             if listeners.ready_fd is not None:
                 os.write(listeners.ready_fd, b"ready\n")
                 os.close(listeners.ready_fd)

@@ -249,13 +249,14 @@ class SafetyCellConfig(_Config):
         le=19,
         description="Nice value of the cell (negative needs root or CAP_SYS_NICE; refused = logged, left at 0).",
     )
-    sched_rr_priority: int | None = Field(
-        default=None,
-        ge=1,
+    sched_rr_priority: int = Field(
+        default=10,
+        ge=0,
         le=99,
         description=(
-            "Run the cell under SCHED_RR at this real-time priority (needs CAP_SYS_NICE); None = normal "
-            "scheduling at `nice`. Real-time Python can starve the rest of the device: use with a CPU quota."
+            "Once ready, run the cell's threads under SCHED_RR at this real-time priority (needs CAP_SYS_NICE; "
+            "refused = logged, `nice` only); 0 = normal scheduling at `nice`. The kernel's RT throttling "
+            "(sched_rt_runtime_us, 95 % by default) keeps CPU time for the rest of the device."
         ),
     )
     oom_score_adj: int = Field(

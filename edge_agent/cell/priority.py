@@ -10,7 +10,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Applied", "apply", "die_with_parent"]
+__all__ = ["Applied", "apply", "die_with_parent", "realtime"]
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +75,18 @@ def apply(*, nice: int, rr_priority: int | None, oom_score_adj: int) -> Applied:
     policy = _set_rr(rr_priority) if rr_priority is not None else "SCHED_OTHER"
     oom = _set_oom(oom_score_adj)
     return Applied(nice=os.getpriority(os.PRIO_PROCESS, 0), policy=policy, oom_score_adj=oom)
+
+
+def realtime(priority: int) -> str:
+    """SCHED_RR at `priority` for every thread of this process (and the threads they start later): applied
+    once the cell is ready, so imports, model loading and warm-up run under normal scheduling. The kernel's
+    RT throttling (sched_rt_runtime_us, 95 % by default) still leaves the rest of the device CPU time."""
+    policy = "SCHED_OTHER"
+    for task in sorted(Path("/proc/self/task").iterdir()):
+        try:
+            os.sched_setscheduler(int(task.name), os.SCHED_RR, os.sched_param(priority))
+            policy = f"SCHED_RR {priority}"
+        except (OSError, AttributeError) as exc:
+            log.warning("cannot use SCHED_RR %s (%s): needs CAP_SYS_NICE; normal scheduling at its nice", priority, exc)
+            return "SCHED_OTHER"
+    return policy

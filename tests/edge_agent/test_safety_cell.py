@@ -173,6 +173,10 @@ def test_both_addresses_serve_safety_and_the_cell_runs_at_higher_priority(
         assert sock.recv(64).startswith(b"HTTP/1.1 200")
     kids = _children(proc.proc.pid)
     assert os.getpriority(os.PRIO_PROCESS, kids["cell"]) < os.getpriority(os.PRIO_PROCESS, kids["main"])
+    if os.geteuid() == 0:  # CAP_SYS_NICE: every thread of the ready cell is real-time (SCHED_RR), none of main's
+        cell_threads = [int(t.name) for t in Path(f"/proc/{kids['cell']}/task").iterdir()]
+        assert {os.sched_getscheduler(t) for t in cell_threads} == {os.SCHED_RR}
+        assert os.sched_getscheduler(kids["main"]) == os.SCHED_OTHER
 
 
 def test_killing_or_stopping_the_main_process_never_stops_safety(agent: tuple[AgentProcess, str, Path]) -> None:
