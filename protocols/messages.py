@@ -87,6 +87,14 @@ class RouteCounts(WireModel):
     expired: NonNegativeInt = Field(default=0, description="Deadline passed while queued (503).")
 
 
+class PoolOffer(WireModel):
+    """Overflow one pipeline sent to one cloud pool over the report interval (answered or not)."""
+
+    pool: Name = Field(description="Pool name.")
+    requests: NonNegativeInt = Field(description="Requests sent to the pool.")
+    rows: NonNegativeInt = Field(description="Rows (batch entries) those requests carried.")
+
+
 class PipelineLoad(WireModel):
     """Load of one pipeline over the report interval."""
 
@@ -100,6 +108,7 @@ class PipelineLoad(WireModel):
     p50_ms: NonNegativeFloat | None = Field(default=None, description="Median latency; None if no requests.")
     p99_ms: NonNegativeFloat | None = Field(default=None, description="99th percentile latency.")
     queue_depth: NonNegativeInt = Field(default=0, description="Requests queued at report time.")
+    offered: tuple[PoolOffer, ...] = Field(default=(), description="Overflow sent to each cloud pool.")
 
 
 class DeviceLoad(WireModel):
@@ -168,6 +177,7 @@ class PoolEndpoint(WireModel):
     name: Name = Field(description="Pool name.")
     url: str = Field(min_length=1, max_length=2048, description="Base URL; requests go to {url}/v2/models/...")
     models: tuple[Name, ...] = Field(default=(), description="Models it serves; empty = same names as local.")
+    cost: PositiveFloat = Field(default=1.0, description="Relative cost per request; best-effort goes cheapest.")
 
 
 class ApplyPolicy(WireModel):

@@ -69,8 +69,11 @@ class OffloadRouter:
         *,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_offer: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self._config = config
+        # on_offer(pipeline, pool, rows) for every request sent to a pool: telemetry's per-pool demand.
+        self._on_offer = on_offer
         self._metrics = metrics
         self._clock = clock
         self._pools: dict[str, Pool] = {}
@@ -128,11 +131,14 @@ class OffloadRouter:
 
     # --- choice and requests ---------------------------------------------------------------------
 
-    def pick(self, model: str, remaining_s: float) -> Pool | None:
-        """The pool for `model` with the fewest outstanding requests, then the lowest latency, that can
-        answer within `remaining_s` (breaker closed or half-open with a free probe slot); None if none."""
+    def pick(self, model: str, remaining_s: float, *, cheapest: bool = False) -> Pool | None:
+        """The pool for `model` that can answer within `remaining_s` (breaker closed or half-open with a free
+        probe slot, measured latency within the time left); None if none.
+
+        The fastest by default (fewest outstanding requests, then lowest latency); with `cheapest` (best-effort
+        requests) the one with the lowest declared `cost` among those that fit, then the fastest of those."""
         best: Pool | None = None
-        best_key = (0, 0.0)
+        best_key = (0.0, 0, 0.0)
         now = self._clock()
         for pool in self._pools.values():
             if not pool.client.serves(model) or not pool.breaker.available():
@@ -142,7 +148,7 @@ class OffloadRouter:
             latency = pool.latency_s or 0.0
             if latency > remaining_s and now - pool.latency_at < LATENCY_STALE_S:
                 continue
-            key = (pool.outstanding, latency)
+            key = (pool.endpoint.cost if cheapest else 0.0, pool.outstanding, latency)
             if best is None or key < best_key:
                 best, best_key = pool, key
         return best
@@ -156,6 +162,7 @@ class OffloadRouter:
         inputs: Mapping[str, np.ndarray[Any, Any]],
         outputs: Sequence[str] | None,
         timeout_s: float,
+        rows: int = 1,
     ) -> Tensors:
         """Run a request of `pipeline` on `pool`; PoolError if it does not answer (the caller may go local)."""
         if pipeline.effective_offload == "never":
@@ -164,6 +171,8 @@ class OffloadRouter:
         probe = pool.breaker.acquire()
         if probe is None:
             raise PoolError(f"pool {pool.name} circuit breaker is {pool.breaker.state}")
+        if self._on_offer is not None:
+            self._on_offer(pipeline.name, pool.name, rows)
         pool.outstanding += 1
         pool.idle.clear()
         start = self._clock()

@@ -115,11 +115,17 @@ class Admission:
             router = self._router
             if pipeline.effective_offload == "overflow" and router is not None:
                 remaining = deadline - self._scheduler.now()
-                pool = router.pick(pipeline.model, remaining)
+                pool = router.pick(pipeline.model, remaining, cheapest=rank == PRIORITY_RANK["best_effort"])
                 if pool is not None:
                     try:
                         outputs = await router.infer(
-                            pipeline, pool, version=key.version, inputs=inputs, outputs=requested, timeout_s=remaining
+                            pipeline,
+                            pool,
+                            version=key.version,
+                            inputs=inputs,
+                            outputs=requested,
+                            timeout_s=remaining,
+                            rows=rows,
                         )
                         return Served(outputs, "cloud", pool.name)
                     except PoolError as exc:

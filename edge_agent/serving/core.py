@@ -80,9 +80,9 @@ class ServingCore:
         # The one per-pipeline stats sink: fleet telemetry reads the same instance.
         self.stats = PipelineStats()
         # Standalone (the cloud-pool mode) never offloads; otherwise pools can be set at runtime.
-        self.router: OffloadRouter | None = (
-            None if config.standalone else OffloadRouter(config.offload, config.pools, metrics=metrics)
-        )
+        self.router: OffloadRouter | None = None
+        if not config.standalone:  # requests sent to pools count in telemetry (per-pool demand)
+            self.router = OffloadRouter(config.offload, config.pools, metrics=metrics, on_offer=self.stats.record_offer)
         self.started = False
         # Where safety pipelines are served when they run in a safety cell (set by the app; V2 metadata says it).
         self.safety_cell_url: str | None = None

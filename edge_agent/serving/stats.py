@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
-from protocols.messages import PipelineLoad, RouteCounts
+from protocols.messages import PipelineLoad, PoolOffer, RouteCounts
 
 Outcome = Literal["local", "cloud", "rejected", "expired", "invalid"]
 """Where a request went: answered locally or by a cloud pool, rejected at admission (503), expired (503), or
@@ -66,6 +66,7 @@ class _Interval:
     routes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     histogram: list[int] = field(default_factory=lambda: [0] * _BUCKETS)
     timed: int = 0
+    offered: dict[str, list[int]] = field(default_factory=dict)  # pool -> [requests, rows]
 
 
 @dataclass
@@ -123,6 +124,16 @@ class PipelineStats:
                 interval.histogram[_bucket(latency_s)] += 1
                 interval.timed += 1
 
+    def record_offer(self, pipeline: str, pool: str, rows: int) -> None:
+        """Count one request of `pipeline` sent to cloud pool `pool` with `rows` rows (answered or not)."""
+        with self._lock:
+            entry = self._pipelines.get(pipeline)
+            if entry is None:
+                entry = self._pipelines[pipeline] = _Pipeline(pipeline, "standard")
+            counts = entry.current.offered.setdefault(pool, [0, 0])
+            counts[0] += 1
+            counts[1] += rows
+
     def snapshot(self, interval_s: float) -> tuple[PipelineLoad, ...]:
         """Per-pipeline load over the interval just ended; resets the interval counters."""
         with self._lock:
@@ -149,6 +160,10 @@ class PipelineStats:
                     p50_ms=_quantile_ms(interval.histogram, interval.timed, 0.50),
                     p99_ms=_quantile_ms(interval.histogram, interval.timed, 0.99),
                     queue_depth=depth,
+                    offered=tuple(
+                        PoolOffer(pool=pool, requests=n, rows=rows)
+                        for pool, (n, rows) in sorted(interval.offered.items())
+                    ),
                 )
             )
         return tuple(loads)
