@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 DROP_REASONS = (
     "bad_topic",
@@ -18,6 +20,33 @@ DROP_REASONS = (
     "rate_limited",
 )
 KINDS = ("state", "telemetry", "reported", "events")
+# Offered overflow per cloud pool and model (what autoscalers read: deploy/k8s/pool-keda.yaml).
+POOL_OFFERED_REQUESTS = "edgefleet_pool_offered_requests_per_second"
+POOL_OFFERED_ROWS = "edgefleet_pool_offered_rows_per_second"
+
+# (pool, model) -> (requests per second, rows per second)
+PoolDemandSource = Callable[[], Mapping[tuple[str, str], tuple[float, float]]]
+
+
+class _PoolDemand(Collector):
+    """Gauges computed at scrape time from the fleet's latest reports."""
+
+    def __init__(self, source: PoolDemandSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["pool", "model"]
+        requests = GaugeMetricFamily(
+            POOL_OFFERED_REQUESTS, "Requests per second the fleet sends to a cloud pool (overflow)", labels=labels
+        )
+        rows = GaugeMetricFamily(
+            POOL_OFFERED_ROWS, "Rows per second the fleet sends to a cloud pool (overflow)", labels=labels
+        )
+        for (pool, model), (rps, rows_ps) in sorted(self._source().items()):
+            requests.add_metric([pool, model], rps)
+            rows.add_metric([pool, model], rows_ps)
+        yield requests
+        yield rows
 
 
 class HubMetrics:
@@ -62,6 +91,10 @@ class HubMetrics:
             "edgefleet_hub_devices_online", "Devices whose last state message was a birth", registry=self.registry
         )
         gauge.set_function(fn)
+
+    def pool_demand(self, source: PoolDemandSource) -> None:
+        """Export the offered overflow per pool and model from `source` at scrape time."""
+        self.registry.register(_PoolDemand(source))
 
     def dropped_count(self, reason: str) -> float:
         """Current value of the drop counter for `reason` (tests, CLI)."""
