@@ -139,9 +139,14 @@ def test_broker_config_is_the_production_one_with_the_demo_paths(tmp_path: Path)
     production = [line for line in (DEPLOY_DIR / "mosquitto.conf").read_text().splitlines()]
     kept = [line for line in production if line.split(maxsplit=1)[:1] not in (["listener"], ["cafile"], ["certfile"],
             ["keyfile"], ["acl_file"], ["persistence"], ["persistence_location"], ["autosave_interval"],
-            ["log_dest"], ["pid_file"], ["user"])]  # fmt: skip
+            ["log_dest"], ["pid_file"], ["user"], ["crlfile"])]  # fmt: skip
     lines = conf.splitlines()
     assert all(line in lines for line in kept)
     assert "listener 1884 127.0.0.1" in lines and "require_certificate true" in lines
     assert f"acl_file {tmp_path / 'acl'}" in lines and "persistence false" in lines
     assert not any(line.startswith(("pid_file", "persistence_location", "autosave_interval")) for line in lines)
+    # The CRL (on by default) is the one `cloud-hub pki broker-cert` wrote next to the broker certificate.
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "edgefleet.crl").write_text("")
+    with_crl = render_config(1884, tmp_path / "tls", tmp_path / "acl", tmp_path / "log").splitlines()
+    assert f"crlfile {tmp_path / 'tls' / 'edgefleet.crl'}" in with_crl
