@@ -15,6 +15,7 @@ from deploy_support import (
     assert_flags_exist,
     by_kind,
     pbtxt_field,
+    promql_metric_names,
     routes,
     strip_comments,
     tensors,
@@ -123,3 +124,47 @@ def test_triton_config_matches_onnx_graph(model: str) -> None:
 
 def test_every_triton_model_is_in_the_zoo() -> None:
     assert sorted(p.name for p in TRITON_REPO.iterdir() if p.is_dir()) == ZOO_MODELS
+
+
+def _exported_by_hub() -> set[str]:
+    """Series names a real HubMetrics renders, pool demand included (the collector is computed at scrape time)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cloud_hub.metrics import HubMetrics
+
+    metrics = HubMetrics()
+    metrics.pool_demand(lambda: {("edgefleet-pool", "tiny-cnn"): (10.0, 40.0)})
+    return {s.name for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples}
+
+
+def test_pool_scaled_object_scales_the_inference_service_from_the_hubs_pool_demand() -> None:
+    from cloud_hub.metrics import POOL_OFFERED_REQUESTS, POOL_OFFERED_ROWS
+
+    isvc = by_kind(DEPLOY / "k8s" / "pool-kserve.yaml")["InferenceService"]
+    scaled = by_kind(DEPLOY / "k8s" / "pool-keda.yaml")["ScaledObject"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["metadata"]["namespace"] == isvc["metadata"]["namespace"]
+    spec, predictor = scaled["spec"], isvc["spec"]["predictor"]
+    # KServe's RawDeployment predictor Deployment is <isvc>-predictor; KServe must not run an HPA of its own.
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": f"{isvc['metadata']['name']}-predictor",
+    }
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert annotations["serving.kserve.io/autoscalerClass"] == "external"
+    assert 1 <= spec["minReplicaCount"] == predictor["minReplicas"], "a pool never scales to zero"
+    assert spec["maxReplicaCount"] == predictor["maxReplicas"] > spec["minReplicaCount"]
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    meta = trigger["metadata"]
+    assert meta["serverAddress"].startswith(("http://", "https://"))
+    assert float(meta["threshold"]) > 0
+    query = meta["query"]
+    names = promql_metric_names(query)
+    assert names and names <= {POOL_OFFERED_REQUESTS, POOL_OFFERED_ROWS}, names
+    assert names <= _exported_by_hub(), "the query names a metric the hub does not export"
+    pool = re.search(r'pool="([^"]+)"', query)
+    assert pool is not None and pool[1] == isvc["metadata"]["name"], "the devices name the pool after the service"
+    assert query.startswith("sum("), "sum over hub replicas: each exports the devices it ingests"
