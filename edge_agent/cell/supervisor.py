@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -129,6 +130,15 @@ def parent_pid() -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
+_SELECTOR = selectors.DefaultSelector()
+
+
+def _nap(seconds: float) -> None:
+    """Sleep by waiting on the selector (epoll): unlike time.sleep's clock_nanosleep, it keeps working when the
+    process runs under libfaketime with a jumped clock (tests/faults/test_clock_faults.py)."""
+    _SELECTOR.select(seconds)
+
+
 def _signal(child: Child, sig: signal.Signals) -> None:
     if child.proc is not None and child.proc.poll() is None:
         child.proc.send_signal(sig)
@@ -141,12 +151,13 @@ def _stop(children: list[Child]) -> None:
     for child in children:
         if child.proc is None:
             continue
-        try:
-            child.proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        while child.proc.poll() is None and time.monotonic() < deadline:
+            _nap(0.05)
+        if child.proc.poll() is None:
             log.error("%s process did not stop in %.0f s: killing it", child.role, STOP_TIMEOUT_S)
             child.proc.kill()
-            child.proc.wait()
+            while child.proc.poll() is None:
+                _nap(0.05)
 
 
 def _children(config: AgentConfig, config_path: Path, log_level: str) -> tuple[list[Child], list[socket.socket]]:
@@ -228,6 +239,6 @@ def _run(children: list[Child], stopping: list[int]) -> int:
                 )
             elif child.proc is None and time.monotonic() >= child.next_start:
                 child.start()
-        time.sleep(0.05)
+        _nap(0.05)
     log.info("signal %s: stopping both processes", stopping[0])
     return 0
