@@ -26,12 +26,39 @@ class PipelineSpec(WireModel):
         default=None,
         description="May overflow go to a cloud pool. Default: never for safety, overflow otherwise.",
     )
+    candidate_version: Version | None = Field(
+        default=None,
+        description="A second version of the same model that serves `candidate_share` of the requests.",
+    )
+    candidate_share: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of requests (0..1) the candidate version answers."
+    )
+    allow_safety_split: bool = Field(
+        default=False, description="The operator allows a version split on this safety pipeline."
+    )
 
     @model_validator(mode="after")
     def _safety_stays_local(self) -> PipelineSpec:
         if self.priority == "safety" and self.offload == "overflow":
             raise ValueError(f"pipeline {self.name!r}: safety pipelines never leave the device")
         return self
+
+    @model_validator(mode="after")
+    def _split_is_explicit(self) -> PipelineSpec:
+        if self.candidate_share > 0 and self.candidate_version is None:
+            raise ValueError(f"pipeline {self.name!r}: candidate_share needs a candidate_version")
+        if self.candidate_version is not None and self.candidate_version == self.version:
+            raise ValueError(f"pipeline {self.name!r}: candidate_version is the pinned version")
+        if self.splits and self.priority == "safety" and not self.allow_safety_split:
+            raise ValueError(
+                f"pipeline {self.name!r}: a safety pipeline splits its traffic only with allow_safety_split = true"
+            )
+        return self
+
+    @property
+    def splits(self) -> bool:
+        """True when a candidate version answers a share of the requests."""
+        return self.candidate_version is not None and self.candidate_share > 0
 
     @property
     def effective_offload(self) -> OffloadPolicy:

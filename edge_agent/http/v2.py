@@ -88,10 +88,11 @@ async def infer(request: web.Request) -> web.Response:
             body = await app[INTAKE_KEY].read(request, deadline=arrival + first.pipeline.deadline_ms / 1000.0)
         except BodyLate as exc:
             raise core.expired(first, loop.time() - arrival, str(exc)) from None
-        # Resolved after the last await before queueing, so a version switch never strands a request.
-        target = core.resolve(name, request.match_info.get("version"))
-        raw = _raw_input(target.model) if header_length == 0 else None
+        raw = _raw_input(first.model) if header_length == 0 else None
         decoded = decode_request(body, header_length, raw_input=raw)
+        # Resolved after the last await before queueing, so a version switch never strands a request; a
+        # pipeline's version split chooses here (by the request's id when it has one).
+        target = core.resolve(name, request.match_info.get("version"), request_id=decoded.id, route=True)
         priority, timeout_us = _scheduling(decoded.parameters)
         wanted = decoded.outputs
         requested = None if wanted is None else [o.name for o in wanted]

@@ -24,13 +24,12 @@ from edge_agent.scheduler.queue import Expired, QueueKey
 from edge_agent.serving.admission import Admission, Served, answered_by, budget_s, effective_rank
 from edge_agent.serving.pipelines import build_pipelines, without_cell_safety
 from edge_agent.serving.registry import LoadedModel, ModelRegistry
-from edge_agent.serving.startup import load_each
+from edge_agent.serving.split import VersionSplit
+from edge_agent.serving.startup import load_each, zeros
 from edge_agent.serving.stats import Outcome, PipelineStats
 from edge_agent.store import version_key
 from models.package import ModelPackage
 from models.runtimes.factory import create_runtime
-from protocols.datatypes import numpy_dtype
-from protocols.manifest import TensorSpec
 from protocols.pipeline import PipelineSpec
 
 __all__ = ["ServingCore", "Target"]
@@ -51,14 +50,6 @@ class Target:
     model: LoadedModel
 
 
-def _zeros(spec: TensorSpec, rows: int | None) -> np.ndarray[Any, Any]:
-    """A zero-filled input; `rows` sets the batch axis (None: no batch axis), other -1 dims become 1."""
-    shape = [rows if i == 0 and rows is not None else (1 if d == -1 else d) for i, d in enumerate(spec.shape)]
-    if spec.datatype == "BYTES":
-        return np.full(shape, b"0", dtype=object)  # "0": also valid where strings are parsed as numbers
-    return np.zeros(shape, dtype=numpy_dtype(spec.datatype))
-
-
 class ServingCore:
     """Loaded models and pipelines behind one scheduler per accelerator; the one place requests are served."""
 
@@ -75,6 +66,7 @@ class ServingCore:
             self._observer = observer
         self._registry = ModelRegistry()
         self._pipelines: dict[str, PipelineSpec] = {}
+        self._split = VersionSplit()  # per-pipeline stable/candidate choice (serving/split.py)
         self._scheduler: PriorityScheduler | None = None
         self._admission: Admission | None = None
         # The one per-pipeline stats sink: fleet telemetry reads the same instance.
@@ -152,7 +144,7 @@ class ServingCore:
     async def _warm_up(self, model: LoadedModel) -> None:
         batching = model.max_batch_size > 0
         for rows in sorted({1, model.max_batch_size}) if batching else [1]:
-            inputs = {t.name: _zeros(t, rows if batching else None) for t in model.manifest.inputs}
+            inputs = {t.name: zeros(t, rows if batching else None) for t in model.manifest.inputs}
             await self.scheduler.submit(model.key, inputs, rows)
 
     def activate(self, name: str, version: str) -> None:
@@ -223,6 +215,7 @@ class ServingCore:
         pipelines = self._build_pipelines(list(specs) if specs else None, problems)
         for name in self._pipelines.keys() - pipelines.keys():
             self.stats.unregister(name)
+            self._split.forget(name)
         self._pipelines = pipelines
         self._register_stats()
         logger.info("pipelines now: %s", ", ".join(sorted(pipelines)))
@@ -250,8 +243,12 @@ class ServingCore:
         """Rows waiting per model version (empty before start)."""
         return self.scheduler.queue_rows() if self.started else {}
 
-    def resolve(self, name: str, version: str | None = None) -> Target:
-        """Resolve a V2 model name (and optional version) to its pipeline and model; NotFound otherwise."""
+    def resolve(
+        self, name: str, version: str | None = None, *, request_id: str | None = None, route: bool = False
+    ) -> Target:
+        """Resolve a V2 model name (and optional version) to its pipeline and model; NotFound otherwise.
+        `route`: this resolves the request that is served, so a pipeline's version split chooses its version
+        (by `request_id` when given, see serving/split.py); a version named in the URL is never split."""
         spec = self._pipelines.get(name)
         if spec is None and not self.started and any(p.name == name for p in self.config.pipelines):
             raise Unavailable(f"model {name!r} is not ready: the agent is loading its models")
@@ -260,7 +257,9 @@ class ServingCore:
         versions = self._registry.versions(spec.model)
         if version is None or version == "":
             version = spec.version or self._registry.active_version(spec.model)
-        elif spec.version is not None and version != spec.version:
+            if route and spec.splits:
+                version = self._split.choose(spec, request_id, version, versions)
+        elif spec.version is not None and version not in (spec.version, spec.candidate_version):
             raise self._registry.unknown(name, version)
         model = versions.get(version) if version is not None else None
         if model is None:
@@ -291,7 +290,7 @@ class ServingCore:
     def versions(self, target: Target) -> list[str]:
         """Versions a V2 model name can be called with."""
         if target.pipeline.version is not None:
-            return [target.pipeline.version]
+            return sorted({target.pipeline.version, target.pipeline.candidate_version or target.pipeline.version})
         return sorted(self._registry.versions(target.pipeline.model), key=version_key)
 
     def model_metadata(self, target: Target) -> dict[str, Any]:

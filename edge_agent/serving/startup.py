@@ -7,10 +7,14 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from edge_agent.errors import NotFound, Unavailable
 from models.package import ModelPackage
+from protocols.datatypes import numpy_dtype
+from protocols.manifest import TensorSpec
 
-__all__ = ["load_each"]
+__all__ = ["load_each", "zeros"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,3 +41,11 @@ async def load_each(
             with contextlib.suppress(NotFound, Unavailable):
                 await discard(name, version)  # its queue and runtime, if it got that far
     return failed
+
+
+def zeros(spec: TensorSpec, rows: int | None) -> np.ndarray[Any, Any]:
+    """A zero-filled (warm-up) input; `rows` sets the batch axis (None: no batch axis), other -1 dims become 1."""
+    shape = [rows if i == 0 and rows is not None else (1 if d == -1 else d) for i, d in enumerate(spec.shape)]
+    if spec.datatype == "BYTES":
+        return np.full(shape, b"0", dtype=object)  # "0": also valid where strings are parsed as numbers
+    return np.zeros(shape, dtype=numpy_dtype(spec.datatype))
