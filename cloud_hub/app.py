@@ -23,7 +23,7 @@ from cloud_hub.config import HubConfig
 from cloud_hub.errors import ConfigError
 from cloud_hub.files import write_atomic
 from cloud_hub.fleet.claims import ClaimService
-from cloud_hub.fleet.demand import pool_demand
+from cloud_hub.fleet.demand import PoolDemand
 from cloud_hub.fleet.devices import DeviceService
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.fleet.provisioning import Provisioner, ProvisionSettings
@@ -54,7 +54,8 @@ class Hub:
         self.metrics = HubMetrics()
         self.fleet = LiveFleet()
         self.metrics.online_gauge(self.fleet.online_count)
-        self.metrics.pool_demand(lambda: pool_demand(self.fleet.devices.values(), time.time()))
+        self.demand = PoolDemand(self.fleet)
+        self.metrics.pool_demand(self.demand.figures)
         self.identity = HubIdentity.bootstrap(config.data_dir, self._server_names(), config.mqtt_identity)
         self.store = Store(config.db_url)
         self.token_hashes: set[str] = set()

@@ -19,8 +19,8 @@ from test_hub_api import Api
 from test_hub_ingest import _device, until
 
 from cloud_hub.app import Hub, serve_hub
-from cloud_hub.fleet.demand import STALE_INTERVALS, pool_demand
-from cloud_hub.fleet.live import LiveDevice
+from cloud_hub.fleet.demand import STALE_INTERVALS, PoolDemand
+from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.metrics import POOL_OFFERED_REQUESTS, POOL_OFFERED_ROWS, HubMetrics
 from edge_agent.serving.stats import PipelineStats
 from protocols.messages import DeviceBirth, DeviceLoad, LoadReport, PipelineLoad, PoolOffer, RouteCounts
@@ -111,6 +111,12 @@ async def test_exported_pool_demand_equals_the_fleets_offered_overflow(
         for d, loads in LOAD.items():
             for pipeline, model, _, _, _ in loads:
                 stats[d].register(pipeline, model=model, priority="best_effort")
+        for d, client in clients.items():  # birth and a first, idle report (it shows no share yet)
+            await asyncio.to_thread(client.publish, TOPICS.state(d), birth(d), retain=True)
+            payload = report(d, stats[d].snapshot(INTERVAL_S)).model_dump_json().encode()
+            await asyncio.to_thread(client.publish, TOPICS.telemetry(d), payload)
+        await until(lambda: all((hub.fleet.devices[d].last_seq or 0) == 1 for d in LOAD), what="first reports")
+        assert await scrape(api) == {}
         truth: dict[tuple[str, str], list[float]] = {}
         await asyncio.gather(
             *(
@@ -120,10 +126,9 @@ async def test_exported_pool_demand_equals_the_fleets_offered_overflow(
             )
         )
         for d, client in clients.items():
-            await asyncio.to_thread(client.publish, TOPICS.state(d), birth(d), retain=True)
-            payload = report(d, stats[d].snapshot(INTERVAL_S)).model_dump_json().encode()
+            payload = report(d, stats[d].snapshot(INTERVAL_S), seq=2).model_dump_json().encode()
             await asyncio.to_thread(client.publish, TOPICS.telemetry(d), payload)
-        await until(lambda: all((hub.fleet.devices[d].last_seq or 0) == 1 for d in LOAD), what="all reports")
+        await until(lambda: all((hub.fleet.devices[d].last_seq or 0) == 2 for d in LOAD), what="loaded reports")
         exported = await scrape(api)
         assert {(p, m) for (_, p, m) in exported} == set(truth)
         for (pool, model), (rps, rows_ps) in sorted(truth.items()):
@@ -151,33 +156,74 @@ async def test_exported_pool_demand_equals_the_fleets_offered_overflow(
             await asyncio.to_thread(client.close)
 
 
-def _live(boot: str = "boot-1", *, seen: float, interval_s: float = 10.0, online: bool | None = True) -> LiveDevice:
+def _offering(seq: int, *, boot: str = "boot-1", interval_s: float = 10.0, requests: int = 20) -> LoadReport:
     load = PipelineLoad(
         name="p",
         model="m",
         priority="best_effort",
-        requests_per_s=1.0,
-        routes=RouteCounts(cloud=20),
-        offered=(PoolOffer(pool="gpu", requests=20, rows=50),),
+        requests_per_s=requests / interval_s,
+        routes=RouteCounts(cloud=requests),
+        offered=(PoolOffer(pool="gpu", requests=requests, rows=requests * 2),),
     )
-    live = LiveDevice(status="active", online=online, last_seen=seen, boot_id="boot-1")
-    live.load = report("d", (load,), interval_s=interval_s)
-    live.birth = DeviceBirth.model_validate_json(birth("d", boot))
-    return live
+    return report("d", (load,), seq=seq, interval_s=interval_s).model_copy(update={"boot_id": boot})
 
 
-def test_stale_offline_revoked_and_restarted_devices_drop_out() -> None:
-    now = 1000.0
-    fresh = _live(seen=now - 5.0)
-    assert pool_demand([fresh], now) == {("gpu", "m"): (2.0, 5.0)}
-    assert pool_demand([fresh, _live(seen=now - 1.0)], now) == {("gpu", "m"): (4.0, 10.0)}
-    stale = _live(seen=now - STALE_INTERVALS * 10.0 - 0.1)
-    assert pool_demand([stale], now) == {}
-    assert pool_demand([_live(seen=now, online=False)], now) == {}
-    assert pool_demand([_live("boot-2", seen=now)], now) == {}  # restarted: the report is from the old boot
-    revoked = _live(seen=now)
-    revoked.status = "revoked"
-    assert pool_demand([revoked], now) == {}
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fleet(boot: str = "boot-1") -> LiveFleet:
+    fleet = LiveFleet()
+    fleet.set_status("d", "active")
+    live = fleet.devices["d"]
+    live.online, live.birth = True, DeviceBirth.model_validate_json(birth("d", boot))
+    return fleet
+
+
+def test_replicas_splitting_reports_round_robin_sum_to_the_devices_demand() -> None:
+    clock = Clock()
+    single = PoolDemand(_fleet(), clock)
+    replicas = [PoolDemand(_fleet(), clock) for _ in range(3)]
+    for seq in range(1, 13):  # 20 requests / 10 s = 2 req/s, 4 rows/s; replicas get every third report
+        single.on_report("d", _offering(seq))
+        replicas[seq % 3].on_report("d", _offering(seq))
+        clock.now += 10.0
+    clock.now -= 9.0
+    assert single.figures() == {("gpu", "m"): (2.0, 4.0)}
+    figures = [r.figures()[("gpu", "m")] for r in replicas]
+    assert all(f == pytest.approx((2.0 / 3, 4.0 / 3)) for f in figures)  # each counts its third
+    assert sum(f[0] for f in figures) == pytest.approx(2.0) and sum(f[1] for f in figures) == pytest.approx(4.0)
+
+
+def test_first_stale_offline_revoked_and_restarted_devices_drop_out() -> None:
+    clock = Clock()
+    fleet = _fleet()
+    demand = PoolDemand(fleet, clock)
+    fleet.notify("telemetry", "d", _offering(1))  # it listens to the fleet's accepted reports
+    assert demand.figures() == {}  # the first report shows no share yet
+    fleet.notify("telemetry", "d", _offering(2))
+    assert demand.figures() == {("gpu", "m"): (2.0, 4.0)}
+    clock.now += STALE_INTERVALS * 10.0 - 0.1
+    assert demand.figures() == {("gpu", "m"): (2.0, 4.0)}
+    clock.now += 0.2  # stopped reporting for 3 intervals
+    assert demand.figures() == {}
+    fleet.notify("telemetry", "d", _offering(3))
+    assert demand.figures() == {("gpu", "m"): (2.0, 4.0)}
+    fleet.devices["d"].online = False
+    assert demand.figures() == {}
+    fleet.devices["d"].online = True
+    fleet.devices["d"].birth = DeviceBirth.model_validate_json(birth("d", "boot-2"))
+    assert demand.figures() == {}  # restarted: the report is from the old boot
+    fleet.notify("telemetry", "d", _offering(1, boot="boot-2"))
+    assert demand.figures() == {}  # a new boot's first report: no share yet
+    fleet.notify("telemetry", "d", _offering(2, boot="boot-2", requests=40))
+    assert demand.figures() == {("gpu", "m"): (4.0, 8.0)}
+    fleet.set_status("d", "revoked")
+    assert demand.figures() == {}
 
 
 def test_metric_names_and_empty_fleet() -> None:
