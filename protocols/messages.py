@@ -95,6 +95,27 @@ class PoolOffer(WireModel):
     rows: NonNegativeInt = Field(description="Rows (batch entries) those requests carried.")
 
 
+class TensorProfile(WireModel):
+    """Streaming statistics of one tensor over the report interval (drift monitoring, docs/rollouts.md)."""
+
+    name: str = Field(min_length=1, max_length=128, description="Tensor name.")
+    values: NonNegativeInt = Field(description="Number of elements seen over the interval.")
+    mean: float = Field(description="Mean of the elements.")
+    std: NonNegativeFloat = Field(description="Standard deviation of the elements.")
+
+
+class VersionProfile(WireModel):
+    """What one model version of a pipeline saw and answered over the interval (answered requests only)."""
+
+    version: Version = Field(description="Model version that answered.")
+    requests: NonNegativeInt = Field(description="Requests profiled.")
+    inputs: tuple[TensorProfile, ...] = Field(default=(), description="Per input tensor (numeric ones).")
+    outputs: tuple[TensorProfile, ...] = Field(default=(), description="Per output tensor (numeric ones).")
+    classes: tuple[NonNegativeInt, ...] = Field(
+        default=(), max_length=1024, description="Top-1 class histogram of the first output, for classifiers."
+    )
+
+
 class PipelineLoad(WireModel):
     """Load of one pipeline over the report interval."""
 
@@ -109,6 +130,9 @@ class PipelineLoad(WireModel):
     p99_ms: NonNegativeFloat | None = Field(default=None, description="99th percentile latency.")
     queue_depth: NonNegativeInt = Field(default=0, description="Requests queued at report time.")
     offered: tuple[PoolOffer, ...] = Field(default=(), description="Overflow sent to each cloud pool.")
+    profiles: tuple[VersionProfile, ...] = Field(
+        default=(), description="Input/output statistics per answering version (drift monitoring)."
+    )
 
 
 class DeviceLoad(WireModel):

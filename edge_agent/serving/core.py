@@ -383,6 +383,7 @@ class ServingCore:
                 call = answered_by(call, deadline - self.scheduler.now(), pipeline.name)
             served = await call
             outcome, ok = served.where, True
+            self.stats.observe(pipeline.name, model.version, inputs, served.outputs)  # drift (serving/drift.py)
         except Expired:
             outcome = "expired"
             raise

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
+import numpy as np
+
+from edge_agent.serving.drift import VersionSums, class_counts, tensor_sums
 from protocols.messages import PipelineLoad, PoolOffer, RouteCounts
 
 Outcome = Literal["local", "cloud", "rejected", "expired", "invalid"]
@@ -67,6 +70,7 @@ class _Interval:
     histogram: list[int] = field(default_factory=lambda: [0] * _BUCKETS)
     timed: int = 0
     offered: dict[str, list[int]] = field(default_factory=dict)  # pool -> [requests, rows]
+    profiles: dict[str, VersionSums] = field(default_factory=dict)  # version -> input/output statistics
 
 
 @dataclass
@@ -134,6 +138,20 @@ class PipelineStats:
             counts[0] += 1
             counts[1] += rows
 
+    def observe(
+        self,
+        pipeline: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray[Any, Any]],
+        outputs: Mapping[str, np.ndarray[Any, Any]],
+    ) -> None:
+        """Add one answered request's input/output statistics (serving/drift.py; computed outside the lock)."""
+        sums_in, sums_out, classes = tensor_sums(inputs), tensor_sums(outputs), class_counts(outputs)
+        with self._lock:
+            entry = self._pipelines.get(pipeline)
+            if entry is not None:
+                entry.current.profiles.setdefault(version, VersionSums()).add(sums_in, sums_out, classes)
+
     def snapshot(self, interval_s: float) -> tuple[PipelineLoad, ...]:
         """Per-pipeline load over the interval just ended; resets the interval counters."""
         with self._lock:
@@ -164,6 +182,7 @@ class PipelineStats:
                         PoolOffer(pool=pool, requests=n, rows=rows)
                         for pool, (n, rows) in sorted(interval.offered.items())
                     ),
+                    profiles=tuple(sums.profile(v) for v, sums in sorted(interval.profiles.items())),
                 )
             )
         return tuple(loads)
