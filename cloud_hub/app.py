@@ -25,6 +25,7 @@ from cloud_hub.files import write_atomic
 from cloud_hub.fleet.claims import ClaimService
 from cloud_hub.fleet.demand import PoolDemand
 from cloud_hub.fleet.devices import DeviceService
+from cloud_hub.fleet.drift import DriftMonitor
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.fleet.provisioning import Provisioner, ProvisionSettings
 from cloud_hub.fleet.ratelimit import FailureLimiter
@@ -56,6 +57,8 @@ class Hub:
         self.metrics.online_gauge(self.fleet.online_count)
         self.demand = PoolDemand(self.fleet)
         self.metrics.pool_demand(self.demand.figures)
+        self.drift = DriftMonitor(self.fleet)  # issue 16: PSI per (device, pipeline, version), fleet/drift.py
+        self.drift.register(self.metrics.registry)
         self.identity = HubIdentity.bootstrap(config.data_dir, self._server_names(), config.mqtt_identity)
         self.store = Store(config.db_url)
         self.token_hashes: set[str] = set()

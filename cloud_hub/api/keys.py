@@ -8,6 +8,7 @@ from aiohttp import web
 
 from cloud_hub.fleet.claims import ClaimService
 from cloud_hub.fleet.devices import DeviceService
+from cloud_hub.fleet.drift import DriftMonitor
 from cloud_hub.fleet.provisioning import Provisioner
 from cloud_hub.fleet.ratelimit import FailureLimiter
 from cloud_hub.metrics import HubMetrics
@@ -32,6 +33,7 @@ class HubCore(Protocol):
     registry: ModelRegistry
     desired: DesiredWriter
     rollouts: RolloutService
+    drift: DriftMonitor
 
     def check_token(self, token: str) -> bool:
         """True if `token` is a known operator API token."""

@@ -233,6 +233,34 @@ def openapi_document() -> dict[str, Any]:
                 params=[device_id],
             )
         },
+        "/api/v1/drift": {
+            "get": op(
+                "Drift per (device, pipeline, version): PSI against the reference profile, threshold 0.2.",
+                {
+                    "200": json_of(
+                        obj({"drift": {"type": "array", "items": {"type": "object"}}, "threshold": {"type": "number"}}),
+                        "Drift rows.",
+                    ),
+                    **errors(401),
+                },
+                params=[{"name": "device", "in": "query", "required": False, "schema": {"type": "string"}}],
+            )
+        },
+        "/api/v1/devices/{device_id}/drift/rebaseline": {
+            "post": op(
+                "Take the device's next reports (`pipeline`: of one pipeline) as the new drift reference.",
+                {
+                    "200": json_of(
+                        obj({"device_id": {"type": "string"}, "rebaselined": {"type": "integer"}}), "Rebaselined."
+                    ),
+                    **errors(401),
+                },
+                params=[
+                    device_id,
+                    {"name": "pipeline", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+            )
+        },
         "/api/v1/devices/{device_id}/desired": {
             "get": op(
                 "The latest desired state written for a device.",

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from cloud_hub.api.keys import HUB_KEY
 from cloud_hub.api.openapi import OPENAPI_PATH, openapi_document
 from cloud_hub.errors import InvalidRequest, Unauthorized
+from cloud_hub.fleet.drift import PSI_THRESHOLD
 from cloud_hub.fleet.provisioning import PresentedCert
 from protocols.messages import ProvisionRequest
 
@@ -169,3 +170,18 @@ async def revoke_device(request: web.Request) -> web.Response:
     """Revoke a device: its messages are ignored and its certificate goes on the CRL."""
     device = await request.app[HUB_KEY].devices.revoke(request.match_info["device_id"])
     return web.json_response({"device": device.to_json()})
+
+
+@routes.get("/api/v1/drift")
+async def drift(request: web.Request) -> web.Response:
+    """Drift per (device, pipeline, version), `?device=ID` for one device (cloud_hub/fleet/drift.py)."""
+    monitor = request.app[HUB_KEY].drift
+    return web.json_response({"drift": monitor.rows(request.query.get("device")), "threshold": PSI_THRESHOLD})
+
+
+@routes.post("/api/v1/devices/{device_id}/drift/rebaseline")
+async def drift_rebaseline(request: web.Request) -> web.Response:
+    """Operator: the next reports of the device's versions (`?pipeline=` one pipeline) become the reference."""
+    device_id = request.match_info["device_id"]
+    count = request.app[HUB_KEY].drift.rebaseline(device_id, request.query.get("pipeline"))
+    return web.json_response({"device_id": device_id, "rebaselined": count})

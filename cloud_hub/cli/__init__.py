@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id")
         _client_flags(p)
 
+    drift = devices.add_parser("drift", help="drift per device, pipeline and version (PSI, threshold 0.2)")
+    drift.add_argument("--device", help="only this device")
+    drift.add_argument("--rebaseline", metavar="DEVICE", help="take DEVICE's next reports as the new reference")
+    drift.add_argument("--pipeline", help="with --rebaseline: only this pipeline")
+    _client_flags(drift)
+
     from cloud_hub.cli import models as models_cli
     from cloud_hub.cli import rollouts as rollouts_cli
 

@@ -67,6 +67,8 @@ def _devices(args: argparse.Namespace, client: HubClient, console: Console) -> i
         else:
             console.print(render.devices_table(listed))
         return 0
+    if args.action == "drift":
+        return _drift(args, client, console)
     if args.action == "show":
         device = client.request("GET", f"/api/v1/devices/{args.id}")["device"]
         if args.json:
@@ -89,6 +91,32 @@ def _devices(args: argparse.Namespace, client: HubClient, console: Console) -> i
             f"device {revoked['id']} revoked; certificate serial {revoked['cert_serial']} is on the CRL. "
             "Reload the broker (SIGHUP / systemctl reload mosquitto) so new connections check it (docs/hub.md)."
         )
+    return 0
+
+
+def _drift(args: argparse.Namespace, client: HubClient, console: Console) -> int:
+    if args.rebaseline:
+        query = f"?pipeline={args.pipeline}" if args.pipeline else ""
+        done = client.request("POST", f"/api/v1/devices/{args.rebaseline}/drift/rebaseline{query}")
+        if args.json:
+            render.print_json(done)
+        else:
+            console.print(f"device {args.rebaseline}: {done['rebaselined']} reference(s) rebuilt from the next reports")
+        return 0
+    rows = client.request("GET", "/api/v1/drift" + (f"?device={args.device}" if args.device else ""))["drift"]
+    if args.json:
+        render.print_json(rows)
+        return 0
+    for row in rows:
+        psi = "-" if row["psi"] is None else f"{row['psi']:.3f}"
+        flag = "DRIFT" if row["drifted"] else "ok"
+        console.print(
+            f"{row['device_id']}  {row['pipeline']}  {row['model']}:{row['version']}  psi {psi}  {flag}  "
+            f"reference {row['reference']} ({row['reference_reports']} reports)",
+            highlight=False,
+        )
+    if not rows:
+        console.print("no drift profiles yet (devices report them with their load)")
     return 0
 
 
