@@ -12,8 +12,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from attack_support import Client, claim, enrol, ingesting_hub, stored_reports, until
 from devices_support import TOPICS, birth, load_report, will
-from fleet_support import Client, claim, enrol, ingesting_hub, stored_reports, until
 from rig import Mosquitto
 
 from cloud_hub.pki import HubIdentity

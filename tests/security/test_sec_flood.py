@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from attack_support import Client, claim, enrol, ingesting_hub, stored_reports
 from devices_support import TOPICS, load_report
-from fleet_support import Client, claim, enrol, ingesting_hub, stored_reports
 from rig import Mosquitto
 
 from cloud_hub.pki import HubIdentity

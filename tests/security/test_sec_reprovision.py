@@ -14,9 +14,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from attack_support import Client, claim, ingesting_hub, operator
 from cryptography import x509
 from devices_support import HARDWARE, make_csr, write_identity
-from fleet_support import Client, claim, ingesting_hub, operator
 from test_sec_shared_subscription import hub_ca_broker
 
 from cloud_hub.app import Hub

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from attack_support import Client, claim, enrol, ingesting_hub, operator, stored_reports
 from devices_support import TOPICS, load_report
-from fleet_support import Client, claim, enrol, ingesting_hub, operator, stored_reports
 from test_sec_shared_subscription import hub_ca_broker
 
 from cloud_hub.pki import HubIdentity

@@ -13,8 +13,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from attack_support import Client, claim, enrol, ingesting_hub, stored_reports
 from devices_support import TOPICS, load_report
-from fleet_support import Client, claim, enrol, ingesting_hub, stored_reports
 from rig import Mosquitto
 
 from cloud_hub.pki import HubIdentity
