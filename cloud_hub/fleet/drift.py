@@ -17,6 +17,7 @@ output tensor and a classifier's top-1 class histogram (`PipelineLoad.profiles`,
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ MIN_CLASS_ROWS = 100
 _EPS = 1e-4  # floor of a bin's share (an empty bin would make ln(a / e) infinite)
 _DECILES = [NormalDist().inv_cdf(k / 10) for k in range(1, 10)]
 _UNIT = NormalDist()
+log = logging.getLogger(__name__)
 
 
 def gaussian_psi(ref_mean: float, ref_std: float, mean: float, std: float) -> float:
@@ -120,6 +122,7 @@ class DriftState:
     parts: dict[str, float] = field(default_factory=dict)
     drifted: bool = False
     checked_at: float | None = None
+    scored: int = 0  # reports scored against the current reference
 
     def to_json(self) -> dict[str, Any]:
         """The API's row."""
@@ -135,6 +138,7 @@ class DriftState:
             "drifted": self.drifted,
             "threshold": PSI_THRESHOLD,
             "checked_at": self.checked_at,
+            "scored_reports": self.scored,
         }
 
 
@@ -185,6 +189,7 @@ class DriftMonitor:
         state.parts = _score(state.reference, p)
         state.score = max(state.parts.values(), default=None)
         state.checked_at = self.clock()
+        state.scored += 1
         drifted = state.score is not None and state.score > PSI_THRESHOLD
         if drifted != state.drifted:
             state.drifted = drifted
@@ -207,6 +212,7 @@ class DriftMonitor:
             model=state.model,
             version=state.version,
         )
+        log.log(logging.WARNING if state.drifted else logging.INFO, "device %s %s", state.device_id, text)
         if live is not None:
             live.events.append(event)
             del live.events[: -LiveFleet.MAX_EVENTS]
@@ -218,7 +224,7 @@ class DriftMonitor:
         for (dev, name, _), state in self.states.items():
             if dev == device_id and pipeline in (None, name):
                 state.reference, state.building, state.set_by = None, _Profile(), "operator"
-                state.score, state.parts, state.drifted = None, {}, False
+                state.score, state.parts, state.drifted, state.scored = None, {}, False, 0
                 count += 1
         return count
 
