@@ -3,29 +3,31 @@
 Every load report says, per pipeline, how many requests (and rows) it sent to each pool over its interval
 (`PipelineLoad.offered`). A replica's demand figure for a pool is the sum over devices of those counts in the
 device's latest report it received, divided by the report's interval and weighted by this replica's share of
-the device's reports: replicas split telemetry round-robin (a shared subscription), so a replica that sees
-seq 5 then seq 7 gets half of them and counts half. Summed over replicas (`sum()` in PromQL) that is the
-fleet's offered overflow; with one replica the share is 1. The first report a replica sees of a device (or of
-a new boot) shows no share yet and is not counted; the next one is.
+the device's reports: replicas split telemetry round-robin (a shared subscription), so a replica that got
+every other seq (the last `SHARE_WINDOW` it received span twice as many) counts half. Summed over replicas
+(`sum()` in PromQL) that is the fleet's offered overflow; with one replica the share is exactly 1. The first
+report a replica sees of a device (or of a new boot) shows no share yet and is not counted; the next one is.
 
 A device drops out when it goes offline or is revoked, when its latest report here is older than
-`STALE_INTERVALS` of the time this replica's reports of it are apart (it stopped reporting), or when that
-report is from an earlier boot than its last birth. Exported as Prometheus gauges (cloud_hub/metrics.py) for
-autoscalers (deploy/k8s/pool-keda.yaml).
+`STALE_INTERVALS` intervals plus the time this replica's reports of it are apart (it stopped reporting), or
+when that report is from an earlier boot than its last birth. Exported as Prometheus gauges
+(cloud_hub/metrics.py) for autoscalers (deploy/k8s/pool-keda.yaml).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cloud_hub.fleet.live import LiveFleet
 from protocols.messages import LoadReport
 
-__all__ = ["STALE_INTERVALS", "Demand", "PoolDemand"]
+__all__ = ["SHARE_WINDOW", "STALE_INTERVALS", "Demand", "PoolDemand"]
 
 STALE_INTERVALS = 3.0
+SHARE_WINDOW = 32  # a replica's share of a device's reports: how many of its last seqs it received
 # (pool, model) -> (requests per second, rows per second)
 Demand = dict[tuple[str, str], tuple[float, float]]
 
@@ -34,7 +36,12 @@ Demand = dict[tuple[str, str], tuple[float, float]]
 class _Latest:
     report: LoadReport
     received_at: float
-    gap: int  # seqs between this report and the previous one this replica saw of the same boot; 0 = unknown
+    seqs: deque[int] = field(default_factory=lambda: deque(maxlen=SHARE_WINDOW))  # received here, ascending
+
+    def share(self) -> float:
+        """Fraction of the device's reports received here: between the oldest and newest seq kept, how many
+        came here (the oldest itself excluded, so replicas seeing every Nth report each get 1/N)."""
+        return (len(self.seqs) - 1) / (self.seqs[-1] - self.seqs[0])
 
 
 class PoolDemand:
@@ -51,10 +58,12 @@ class PoolDemand:
         if not isinstance(message, LoadReport):
             return
         old = self._latest.get(device_id)
-        gap = 0
-        if old is not None and old.report.boot_id == message.boot_id and message.seq > old.report.seq:
-            gap = message.seq - old.report.seq
-        self._latest[device_id] = _Latest(message, self._clock(), gap)
+        if old is None or old.report.boot_id != message.boot_id or message.seq <= old.report.seq:
+            latest = _Latest(message, self._clock())  # new to this replica, or a new boot
+        else:
+            latest, latest.report, latest.received_at = old, message, self._clock()
+        latest.seqs.append(message.seq)
+        self._latest[device_id] = latest
 
     def figures(self) -> Demand:
         """Offered overflow per (pool, model): this replica's share of the fleet's, from the latest fresh reports."""
@@ -66,14 +75,14 @@ class PoolDemand:
                 del self._latest[device_id]  # forgotten or revoked: never counted again
                 continue
             report = latest.report
-            if latest.gap == 0 or live.online is False:
+            if len(latest.seqs) < 2 or live.online is False:
                 continue
             if live.birth is not None and live.birth.boot_id != report.boot_id:
                 continue  # restarted since: that report describes an agent that no longer runs
-            interval = report.interval_s
-            if now - latest.received_at > (latest.gap + STALE_INTERVALS - 1.0) * interval:
+            interval, share = report.interval_s, latest.share()
+            if now - latest.received_at > (1.0 / share + STALE_INTERVALS - 1.0) * interval:
                 continue
-            weight = 1.0 / (latest.gap * interval)
+            weight = share / interval
             for pipeline in report.pipelines:
                 for offer in pipeline.offered:
                     key = (offer.pool, pipeline.model)

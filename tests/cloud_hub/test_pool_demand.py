@@ -199,6 +199,26 @@ def test_replicas_splitting_reports_round_robin_sum_to_the_devices_demand() -> N
     assert sum(f[0] for f in figures) == pytest.approx(2.0) and sum(f[1] for f in figures) == pytest.approx(4.0)
 
 
+def test_a_broker_round_robin_over_devices_and_replicas_sums_to_the_fleets_demand() -> None:
+    """Three devices reporting in turn, two replicas taking messages in turn: each device alternates."""
+    clock = Clock()
+    fleets = [LiveFleet(), LiveFleet()]
+    for fleet in fleets:
+        for d in ("a", "b", "c"):
+            fleet.set_status(d, "active")
+            fleet.devices[d].online = True
+    replicas = [PoolDemand(fleet, clock) for fleet in fleets]
+    turn = 0
+    for seq in range(1, 40):
+        for n, d in enumerate(("a", "b", "c")):
+            offer = _offering(seq, requests=10 * (n + 1)).model_copy(update={"device_id": d})
+            replicas[turn % 2].on_report(d, offer)
+            turn += 1 + (seq % 7 == 0)  # now and then the order slips (a reconnect, another client's message)
+        clock.now += 10.0
+    total = [sum(r.figures()[("gpu", "m")][i] for r in replicas) for i in (0, 1)]
+    assert total == pytest.approx([6.0, 12.0], rel=0.05)  # (10 + 20 + 30) / 10 s, rows twice that
+
+
 def test_first_stale_offline_revoked_and_restarted_devices_drop_out() -> None:
     clock = Clock()
     fleet = _fleet()
