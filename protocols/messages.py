@@ -116,6 +116,18 @@ class VersionProfile(WireModel):
     )
 
 
+class ShadowStats(WireModel):
+    """Shadow comparisons of one pipeline over the interval (the shadow's outputs are never returned)."""
+
+    version: Version = Field(description="The shadow version.")
+    sampled: NonNegativeInt = Field(default=0, description="Requests picked for the shadow.")
+    compared: NonNegativeInt = Field(default=0, description="Shadow runs compared with the served outputs.")
+    agreed: NonNegativeInt = Field(default=0, description="Compared runs that agreed (top-1 or within tolerance).")
+    dropped: NonNegativeInt = Field(default=0, description="Picked but not run: the device had a backlog.")
+    failed: NonNegativeInt = Field(default=0, description="Shadow runs that failed or expired.")
+    max_abs_diff: NonNegativeFloat | None = Field(default=None, description="Largest output difference seen.")
+
+
 class PipelineLoad(WireModel):
     """Load of one pipeline over the report interval."""
 
@@ -130,6 +142,7 @@ class PipelineLoad(WireModel):
     p99_ms: NonNegativeFloat | None = Field(default=None, description="99th percentile latency.")
     queue_depth: NonNegativeInt = Field(default=0, description="Requests queued at report time.")
     offered: tuple[PoolOffer, ...] = Field(default=(), description="Overflow sent to each cloud pool.")
+    shadow: ShadowStats | None = Field(default=None, description="Shadow comparisons, when the pipeline has one.")
     profiles: tuple[VersionProfile, ...] = Field(
         default=(), description="Input/output statistics per answering version (drift monitoring)."
     )

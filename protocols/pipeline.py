@@ -10,6 +10,7 @@ from protocols.common import Name, Version, WireModel
 
 PriorityClass = Literal["safety", "standard", "best_effort"]
 OffloadPolicy = Literal["never", "overflow"]
+ShadowCompare = Literal["auto", "top1", "max_abs_diff"]
 # Strict order used by the scheduler: lower runs first.
 PRIORITY_RANK: dict[str, int] = {"safety": 0, "standard": 1, "best_effort": 2}
 
@@ -33,8 +34,19 @@ class PipelineSpec(WireModel):
     candidate_share: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Share of requests (0..1) the candidate version answers."
     )
+    shadow_version: Version | None = Field(
+        default=None, description="A version that sees `shadow_share` of the inputs; its outputs are never returned."
+    )
+    shadow_share: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of requests (0..1) shadowed.")
+    shadow_tolerance: float = Field(
+        default=1e-3, ge=0.0, description="Max abs difference of outputs that still counts as agreeing."
+    )
+    shadow_compare: ShadowCompare = Field(
+        default="auto",
+        description="How shadow outputs are compared: top-1 class, max abs diff, or auto (top-1 for classifiers).",
+    )
     allow_safety_split: bool = Field(
-        default=False, description="The operator allows a version split on this safety pipeline."
+        default=False, description="The operator allows a version split or a shadow on this safety pipeline."
     )
 
     @model_validator(mode="after")
@@ -53,7 +65,16 @@ class PipelineSpec(WireModel):
             raise ValueError(
                 f"pipeline {self.name!r}: a safety pipeline splits its traffic only with allow_safety_split = true"
             )
+        if self.shadow_share > 0 and self.shadow_version is None:
+            raise ValueError(f"pipeline {self.name!r}: shadow_share needs a shadow_version")
+        if self.shadows and self.priority == "safety" and not self.allow_safety_split:
+            raise ValueError(f"pipeline {self.name!r}: a safety pipeline shadows only with allow_safety_split = true")
         return self
+
+    @property
+    def shadows(self) -> bool:
+        """True when a shadow version sees a share of the inputs."""
+        return self.shadow_version is not None and self.shadow_share > 0
 
     @property
     def splits(self) -> bool:

@@ -24,6 +24,7 @@ from edge_agent.scheduler.queue import Expired, QueueKey
 from edge_agent.serving.admission import Admission, Served, answered_by, budget_s, effective_rank
 from edge_agent.serving.pipelines import build_pipelines, without_cell_safety
 from edge_agent.serving.registry import LoadedModel, ModelRegistry
+from edge_agent.serving.shadow import Shadow
 from edge_agent.serving.split import VersionSplit
 from edge_agent.serving.startup import load_each, zeros
 from edge_agent.serving.stats import Outcome, PipelineStats
@@ -71,6 +72,7 @@ class ServingCore:
         self._admission: Admission | None = None
         # The one per-pipeline stats sink: fleet telemetry reads the same instance.
         self.stats = PipelineStats()
+        self._shadow = Shadow(self.stats, lambda: self._scheduler, self._registry.versions)  # drift, shadow
         # Standalone (the cloud-pool mode) never offloads; otherwise pools can be set at runtime.
         self.router: OffloadRouter | None = None
         if not config.standalone:  # requests sent to pools count in telemetry (per-pool demand)
@@ -216,6 +218,7 @@ class ServingCore:
         for name in self._pipelines.keys() - pipelines.keys():
             self.stats.unregister(name)
             self._split.forget(name)
+            self._shadow.forget(name)
         self._pipelines = pipelines
         self._register_stats()
         logger.info("pipelines now: %s", ", ".join(sorted(pipelines)))
@@ -383,7 +386,7 @@ class ServingCore:
                 call = answered_by(call, deadline - self.scheduler.now(), pipeline.name)
             served = await call
             outcome, ok = served.where, True
-            self.stats.observe(pipeline.name, model.version, inputs, served.outputs)  # drift (serving/drift.py)
+            self._shadow.answered(pipeline, model, inputs, rows, served)
         except Expired:
             outcome = "expired"
             raise

@@ -27,6 +27,8 @@ def build_pipelines(
             problem = f"pipeline {spec.name!r}: model {spec.model!r} is not installed"
         elif spec.version is not None and spec.version not in versions:
             problem = f"pipeline {spec.name!r}: model {spec.model!r} has no version {spec.version!r}"
+        elif spec.shadow_version is not None and spec.shadow_version not in versions:
+            problem = f"pipeline {spec.name!r}: model {spec.model!r} has no shadow version {spec.shadow_version!r}"
         elif spec.candidate_version is not None and spec.candidate_version not in versions:
             problem = (
                 f"pipeline {spec.name!r}: model {spec.model!r} has no candidate version {spec.candidate_version!r}"

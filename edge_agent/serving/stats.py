@@ -17,13 +17,14 @@ from typing import Any, Literal, Protocol, get_args
 import numpy as np
 
 from edge_agent.serving.drift import VersionSums, class_counts, tensor_sums
-from protocols.messages import PipelineLoad, PoolOffer, RouteCounts
+from protocols.messages import PipelineLoad, PoolOffer, RouteCounts, ShadowStats
 
 Outcome = Literal["local", "cloud", "rejected", "expired", "invalid"]
 """Where a request went: answered locally or by a cloud pool, rejected at admission (503), expired (503), or
 refused as invalid (400: counted as an error, in no telemetry route)."""
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
 Priority = Literal["safety", "standard", "best_effort"]
+ShadowOutcome = Literal["agreed", "disagreed", "dropped", "failed"]
 
 _MIN_LATENCY_S = 50e-6
 _GROWTH = 1.05  # bucket i covers [MIN * G**i, MIN * G**(i+1))
@@ -71,6 +72,7 @@ class _Interval:
     timed: int = 0
     offered: dict[str, list[int]] = field(default_factory=dict)  # pool -> [requests, rows]
     profiles: dict[str, VersionSums] = field(default_factory=dict)  # version -> input/output statistics
+    shadow: dict[str, Any] | None = None  # ShadowStats fields (serving/shadow.py)
 
 
 @dataclass
@@ -152,6 +154,25 @@ class PipelineStats:
             if entry is not None:
                 entry.current.profiles.setdefault(version, VersionSums()).add(sums_in, sums_out, classes)
 
+    def record_shadow(self, pipeline: str, version: str, outcome: ShadowOutcome, diff: float | None = None) -> None:
+        """Count one shadow decision of `pipeline`: dropped, failed, or compared (agreed / disagreed)."""
+        with self._lock:
+            entry = self._pipelines.get(pipeline)
+            if entry is None:
+                return
+            shadow = entry.current.shadow
+            if shadow is None or shadow["version"] != version:
+                shadow = entry.current.shadow = {"version": version, "sampled": 0, "compared": 0, "agreed": 0}
+                shadow.update(dropped=0, failed=0, max_abs_diff=None)
+            shadow["sampled"] += 1
+            if outcome in ("dropped", "failed"):
+                shadow[outcome] += 1
+                return
+            shadow["compared"] += 1
+            shadow["agreed"] += outcome == "agreed"
+            if diff is not None and math.isfinite(diff):
+                shadow["max_abs_diff"] = max(diff, shadow["max_abs_diff"] or 0.0)
+
     def snapshot(self, interval_s: float) -> tuple[PipelineLoad, ...]:
         """Per-pipeline load over the interval just ended; resets the interval counters."""
         with self._lock:
@@ -182,6 +203,7 @@ class PipelineStats:
                         PoolOffer(pool=pool, requests=n, rows=rows)
                         for pool, (n, rows) in sorted(interval.offered.items())
                     ),
+                    shadow=None if interval.shadow is None else ShadowStats(**interval.shadow),
                     profiles=tuple(sums.profile(v) for v, sums in sorted(interval.profiles.items())),
                 )
             )
