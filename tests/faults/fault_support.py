@@ -100,8 +100,18 @@ class Traffic:
     Paced pipelines send `rate_hz` requests a second; closed-loop ones keep `workers` requests in flight.
     Every 200 answer is compared with onnxruntime for the version the agent says answered it."""
 
-    def __init__(self, url: Callable[[], str], refs: References, *, rows: int = 1, seed: int = 7) -> None:
+    def __init__(
+        self,
+        url: Callable[[], str],
+        refs: References,
+        *,
+        rows: int = 1,
+        seed: int = 7,
+        safety_url: Callable[[], str | None] | None = None,
+    ) -> None:
         self.url = url
+        # Where safety pipelines are called (the agent's safety cell); None: the main port, which forwards them.
+        self.safety_url = safety_url
         self.refs = refs
         self.batch = np.random.default_rng(seed).standard_normal((rows, *INPUT_SHAPE)).astype(np.float32)
         self.body, length = encode_request(inputs={"input": self.batch})
@@ -155,7 +165,7 @@ class Traffic:
         start = time.perf_counter()
         try:
             async with self._session.post(
-                f"{self.url()}/v2/models/{pipeline}/infer", data=self.body, headers=self.headers
+                f"{self._base(pipeline)}/v2/models/{pipeline}/infer", data=self.body, headers=self.headers
             ) as resp:
                 raw = await resp.read()
                 took = time.perf_counter() - start
@@ -170,6 +180,10 @@ class Traffic:
             outcome = Outcome(pipeline, 0, time.perf_counter() - start, error=repr(exc))
         self.outcomes.append(outcome)
         return outcome
+
+    def _base(self, pipeline: str) -> str:
+        cell = self.safety_url() if self.safety_url is not None and pipeline == SAFETY.name else None
+        return cell or self.url()
 
     def of(self, pipeline: str) -> list[Outcome]:
         """The outcomes of one pipeline."""
@@ -200,6 +214,7 @@ class FaultRig(Rig):
         self.broker: Child | None = None
         self.restarts = 0
         self.refs = References()
+        self.cell_urls: dict[str, str | None] = {}  # device id -> its safety cell's address (GET /v2 says it)
 
     async def start(self) -> None:
         tls = self.workdir / "tls"
@@ -264,6 +279,7 @@ class FaultRig(Rig):
         agent.child, agent.url = await stack.start_agent(
             self.sup, f"agent-{agent.device_id}-{n}", config, env=child_env
         )
+        self.cell_urls[agent.device_id] = await stack.safety_cell_url(agent.url)
         if link:
             await agent.child.wait_for(r"MQTT link up", 30)
 

@@ -23,7 +23,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 async def test_hub_killed_during_rollout_and_ingest(frig: FaultRig) -> None:
     rng = random.Random(8)
     agents = [await frig.add_fault_agent(f"dev-{i}", (SAFETY, STANDARD)) for i in range(2)]
-    async with Traffic(lambda: agents[0].url, frig.refs) as t0, Traffic(lambda: agents[1].url, frig.refs) as t1:
+    # Safety traffic goes to each agent's safety cell, as a safety app would (docs/pipelines.md).
+    t0_cell, t1_cell = (lambda: frig.cell_urls[agents[0].device_id]), (lambda: frig.cell_urls[agents[1].device_id])
+    async with (
+        Traffic(lambda: agents[0].url, frig.refs, safety_url=t0_cell) as t0,
+        Traffic(lambda: agents[1].url, frig.refs, safety_url=t1_cell) as t1,
+    ):
         for traffic in (t0, t1):
             traffic.paced(SAFETY.name, 10)
             traffic.closed_loop(STANDARD.name)
