@@ -25,6 +25,9 @@ trusted_keys = ["{ZOO_PUBLIC_KEY_FILE}"]
 [http]
 port = 0
 
+[safety_cell]
+port = 0
+
 [batching]
 max_queue_delay_ms = 1.5
 models = {{ tiny-cnn = {{ max_batch_size = 4 }} }}
