@@ -12,10 +12,8 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -33,8 +31,8 @@ from edge_agent.fleet.service import FleetService
 from edge_agent.fleet.telemetry_metrics import TelemetryCollector
 from edge_agent.http.app import make_app
 from edge_agent.http.auth import read_token
-from edge_agent.http.listener import ListenerSite, listener_sites
-from edge_agent.http.sockets import bind as bind_sockets
+from edge_agent.http.sites import Listeners, bound_port
+from edge_agent.http.sites import sites as listener_sites_for
 from edge_agent.metrics import Metrics
 from edge_agent.reconcile.activate import Activator
 from edge_agent.reconcile.download import Downloader
@@ -262,29 +260,6 @@ class Agent:
             await service.aclose()
 
 
-@dataclass(frozen=True, slots=True)
-class Listeners:
-    """How a supervised child serves: the listening sockets its supervisor bound, and where it tells it is
-    ready (None everywhere: the one-process agent binds [http] itself)."""
-
-    role: str | None = None  # "cell" | "main" | None
-    listen_fd: int | None = None
-    unix_fd: int | None = None
-    ready_fd: int | None = None
-    cell_url: str | None = None
-    cell_socket: Path | None = None
-
-
-def _bound_port(site: web.BaseSite) -> int | None:
-    if isinstance(site, ListenerSite):
-        return site.port
-    server = getattr(site, "_server", None)
-    for sock in getattr(server, "sockets", None) or []:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            return int(sock.getsockname()[1])
-    return None
-
-
 def _cell_agent(config: AgentConfig, listeners: Listeners) -> Agent:
     """The safety cell: its pipelines only, models read from the store, following the store's switches."""
     cell = cell_config(config)
@@ -305,11 +280,14 @@ def _cell_agent(config: AgentConfig, listeners: Listeners) -> Agent:
     return agent
 
 
+def _token(config: AgentConfig) -> str | None:
+    return None if config.http.token_file is None else read_token(config.http.token_file)
+
+
 def _main_agent(config: AgentConfig, listeners: Listeners) -> Agent:
     """The main process: every other pipeline; safety names forwarded to the cell, its load read from it."""
-    token = None if config.http.token_file is None else read_token(config.http.token_file)
     assert listeners.cell_url is not None
-    client = CellClient(listeners.cell_url, listeners.cell_socket, token)
+    client = CellClient(listeners.cell_url, listeners.cell_socket, _token(config))
     names = safety_names(config)
     agent = Agent(main_config(config), activity=client.activity, cell_pipelines=names)
     agent.telemetry_stats = CombinedStats(agent.core.stats, client)
@@ -327,19 +305,18 @@ def _main_agent(config: AgentConfig, listeners: Listeners) -> Agent:
     return agent
 
 
-async def _sites(runner: web.AppRunner, config: AgentConfig, listeners: Listeners) -> list[web.BaseSite]:
-    """Capped, timed listeners (http/listener.py) on the role's inherited sockets, or bound here."""
-    if listeners.listen_fd is None:
-        socks = await asyncio.to_thread(bind_sockets, config.http)
-    else:
-        socks = [socket.socket(fileno=listeners.listen_fd)]
-        if listeners.unix_fd is not None:
-            socks.append(socket.socket(fileno=listeners.unix_fd))
-    return list(listener_sites(runner, config.http, socks))
+async def _before_ready(config: AgentConfig, listeners: Listeners) -> None:
+    """The main process says "ready" for the whole agent: only once the safety cell serves too (the safety
+    names it forwards must find it), or after 120 s without it (then the other pipelines serve regardless)."""
+    if listeners.role != "main" or listeners.cell_url is None:
+        return
+    client = CellClient(listeners.cell_url, listeners.cell_socket, _token(config))
+    if not await client.wait_ready():
+        logger.warning("the safety cell is not ready after 120 s: serving the other pipelines")
 
 
 def _ready_line(listeners: Listeners, config: AgentConfig, sites: list[web.BaseSite]) -> str:
-    port = _bound_port(sites[0]) or config.http.port
+    port = bound_port(sites[0]) or config.http.port
     if listeners.role == "cell":
         host = config.safety_cell.host
         unix = "" if config.safety_cell.unix_socket is None else f" and unix:{config.safety_cell.unix_socket}"
@@ -370,7 +347,7 @@ async def serve(config: AgentConfig, listeners: Listeners | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        sites = await _sites(runner, config, listeners)
+        sites = await listener_sites_for(runner, config, listeners)
         for site in sites:
             await site.start()
         startup = agent.startup
@@ -380,6 +357,7 @@ async def serve(config: AgentConfig, listeners: Listeners | None = None) -> int:
             if startup.exception() is not None:
                 print(f"edge-agent: start failed: {startup.exception()}", file=sys.stderr, flush=True)
                 return 1
+            await _before_ready(config, listeners)
             print(_ready_line(listeners, config, sites), flush=True)
             logger.info("ready=%s", agent.core.ready())
             if listeners.role == "cell" and config.safety_cell.sched_rr_priority > 0:

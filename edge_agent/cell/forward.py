@@ -4,6 +4,7 @@ and the cell's load and activity read for telemetry and the reconciler's gate.""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import logging
@@ -53,7 +54,7 @@ class CellClient:
         host, _, port = url.removeprefix("http://").rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
 
-    def _get(self, path: str) -> object | None:
+    def _get(self, path: str, *, quiet: bool = False) -> object | None:
         conn: http.client.HTTPConnection = (
             _UnixConnection(self._unix, CONTROL_TIMEOUT_S)
             if self._unix is not None
@@ -64,15 +65,31 @@ class CellClient:
             response = conn.getresponse()
             body = response.read()
             if response.status != 200:
-                log.warning("safety cell answered %s to %s", response.status, path)
+                if not quiet:
+                    log.warning("safety cell answered %s to %s", response.status, path)
                 return None
             data: object = json.loads(body)
             return data
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            log.warning("safety cell unreachable at %s (%s)", self.url, exc)
+            if not quiet:
+                log.warning("safety cell unreachable at %s (%s)", self.url, exc)
             return None
         finally:
             conn.close()
+
+    def ready(self) -> bool:
+        """True once the cell answers its V2 readiness probe (its models loaded and warm)."""
+        return self._get("/v2/health/ready", quiet=True) is not None
+
+    async def wait_ready(self, timeout_s: float = 120.0, poll_s: float = 0.1) -> bool:
+        """Wait (off the loop) until the cell is ready; False after `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if await asyncio.to_thread(self.ready):
+                return True
+            await asyncio.sleep(poll_s)
+        return False
 
     def snapshot(self, interval_s: float) -> list[PipelineLoad]:
         data = self._get(f"{STATS_PATH}?interval_s={interval_s}")

@@ -53,12 +53,16 @@ AGENT_CPU, LOAD_CPU = (
 
 
 def pin(pid: int, cpus: set[int] | None) -> None:
-    """Pin every thread of a process (its runtime threads exist already)."""
+    """Pin every thread of a process and of its children (the agent's safety cell and main process, started by
+    its supervisor, exist already with their runtime threads)."""
     if cpus is None:
         return
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(int(task.name), cpus)
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                pin(int(child), cpus)
 
 
 def start_pool(port: int) -> AgentProcess:
