@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,9 +293,15 @@ def collect(config: AgentConfig) -> tuple[list[ModelPackage], dict[str, str]]:
     store = ModelStore(config.state_dir / "models")
     store.open()
     import_into(store, config.model_dirs, keys, verify=verify)
+    return served(store, store.models(), config)
+
+
+def served(store: ModelStore, models: Iterable[str], config: AgentConfig) -> tuple[list[ModelPackage], dict[str, str]]:
+    """The packages to serve from `store`: the active version of each of `models` plus the versions the
+    config's pipelines pin; and the active version per model (blocking I/O; the store is only read)."""
     wanted: dict[tuple[str, str], None] = {}
     active: dict[str, str] = {}
-    for name in store.models():
+    for name in models:
         current = store.active(name)
         if current is not None:
             active[name] = current

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edge_agent.config import AgentConfig
 from edge_agent.serving.core import ServingCore
-from edge_agent.store import ModelStore
+from edge_agent.store import ModelStore, served
 from models.package import ModelPackage
 
 __all__ = ["StoreFollower", "read_store"]
@@ -28,18 +28,7 @@ def read_store(config: AgentConfig, models: Collection[str]) -> tuple[list[Model
     no import, no clean-up of the main process's in-flight installs (blocking I/O)."""
     if config.state_dir is None:
         raise ValueError("the safety cell needs a state_dir (the model store)")
-    store = ModelStore(config.state_dir / "models")
-    wanted: dict[tuple[str, str], None] = {}
-    active: dict[str, str] = {}
-    for name in sorted(models):
-        current = store.active(name)
-        if current is not None:
-            active[name] = current
-            wanted[(name, current)] = None
-    for spec in config.pipelines:
-        if spec.version is not None:
-            wanted[(spec.model, spec.version)] = None
-    return [store.package(name, version) for name, version in wanted], active
+    return served(ModelStore(config.state_dir / "models"), sorted(models), config)
 
 
 class StoreFollower:

@@ -49,15 +49,15 @@ class CellClient:
 
     def __init__(self, url: str, unix_socket: Path | None, token: str | None) -> None:
         self.url = url
-        self._unix = unix_socket
+        self.unix_socket = unix_socket
         self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         host, _, port = url.removeprefix("http://").rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
 
     def _get(self, path: str, *, quiet: bool = False) -> object | None:
         conn: http.client.HTTPConnection = (
-            _UnixConnection(self._unix, CONTROL_TIMEOUT_S)
-            if self._unix is not None
+            _UnixConnection(self.unix_socket, CONTROL_TIMEOUT_S)
+            if self.unix_socket is not None
             else http.client.HTTPConnection(self._host, self._port, timeout=CONTROL_TIMEOUT_S)
         )
         try:
@@ -127,8 +127,8 @@ class Forwarder:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector: aiohttp.BaseConnector = (
-                aiohttp.UnixConnector(path=str(self.cell._unix))
-                if self.cell._unix is not None
+                aiohttp.UnixConnector(path=str(self.cell.unix_socket))
+                if self.cell.unix_socket is not None
                 else aiohttp.TCPConnector(limit=64)
             )
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
