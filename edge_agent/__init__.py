@@ -11,4 +11,12 @@ Layers, bottom first; a module imports its own group or a lower layer, never a p
 7. `cli`, `doctor`, `__main__`
 """
 
+import os as _os
+
+# numpy's OpenBLAS starts a worker per core that busy-waits for the next BLAS call: an agent serving a few
+# requests a second held half a core for nothing (measured in the demo). The agent uses numpy for small array
+# work only, so one BLAS thread unless the operator says otherwise; read once, when numpy is first imported
+# (the safety cell's supervisor also sets it, with OpenMP's passive wait, for both of its processes).
+_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 __version__ = "0.1.0"

@@ -49,11 +49,12 @@ def _cell_address(config: AgentConfig) -> dict[str, object]:
 
 def _high_priority(config: AgentConfig) -> RuntimeConfig:
     """The runtime with a high-priority CUDA stream where the backend has one (TensorRT, torch); onnxruntime's
-    CUDA provider exposes no stream priority, so it runs as configured."""
+    CUDA provider exposes no stream priority. onnxruntime's pool threads do not spin in the cell: under SCHED_RR
+    a thread busy-waiting for the next run holds a core (sched_yield yields only to real-time threads)."""
     runtime = config.runtime
     if isinstance(runtime, TensorRTConfig | TorchConfig):
         return runtime.model_copy(update={"stream_priority": "high"})
-    return runtime
+    return runtime.model_copy(update={"allow_spinning": False})
 
 
 def main_config(config: AgentConfig) -> AgentConfig:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from edge_agent.cell.priority import child_env
 from edge_agent.config import AgentConfig
 from edge_agent.store import collect
 
@@ -84,7 +85,8 @@ class Child:
         self.ready_r, self.ready = r, False
         os.set_blocking(r, False)
         argv = [*self.argv, "--ready-fd", str(w)]
-        self.proc = subprocess.Popen(argv, pass_fds=(*self.fds, w), env={**os.environ, _PARENT_ENV: str(os.getpid())})
+        env = child_env("cell" if self.role == "safety cell" else self.role, dict(os.environ))
+        self.proc = subprocess.Popen(argv, pass_fds=(*self.fds, w), env={**env, _PARENT_ENV: str(os.getpid())})
         os.close(w)
         self.started_at = time.monotonic()
         log.info("%s process started (pid %s)", self.role, self.proc.pid)

@@ -32,6 +32,13 @@ class OnnxRuntimeConfig(_Config):
     inter_op_threads: PositiveInt | None = Field(
         default=None, description="Threads across independent operators; None = onnxruntime's default."
     )
+    allow_spinning: bool = Field(
+        default=True,
+        description=(
+            "Let onnxruntime's thread-pool threads busy-wait for work between runs (lower latency, burns CPU). "
+            "The safety cell turns it off: a spinning real-time thread would hold a core."
+        ),
+    )
     trt_fp16: bool = Field(default=False, description="Let the TensorRT execution provider use FP16 kernels.")
     trt_engine_cache_dir: Path | None = Field(
         default=None, description="Directory where the TensorRT execution provider caches engines; None = no cache."

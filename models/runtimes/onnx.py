@@ -112,6 +112,9 @@ class OnnxRuntime(Runtime):
             so.intra_op_num_threads = self.config.intra_op_threads
         if self.config.inter_op_threads is not None:
             so.inter_op_num_threads = self.config.inter_op_threads
+        if not self.config.allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         chosen = select_providers(self.config, ort.get_available_providers())
         try:
             session = ort.InferenceSession(

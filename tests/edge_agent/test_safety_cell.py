@@ -309,3 +309,31 @@ def test_bombs_and_2000_idle_connections_on_the_main_port_leave_the_cell_on_time
     assert worst < DEADLINE_MS
     assert cell_growth < 16 * 1024  # the cell never saw the bombs
     assert main_growth < 128 * 1024  # the inflate cap (64 MiB) plus one step, with room for the allocator
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of every thread of `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_no_thread_of_the_cell_or_main_spins_while_serving_a_light_load(
+    agent: tuple[AgentProcess, str, Path],
+) -> None:
+    # A real-time cell thread that busy-waits holds a core (sched_yield yields to no normal task): numpy's
+    # OpenBLAS workers did, putting the demo's cell at 100 % of a core for 20 req/s and starving the device.
+    proc, cell_url, _ = agent
+    kids = _children(proc.proc.pid)
+    for role in ("cell", "main"):
+        env = Path(f"/proc/{kids[role]}/environ").read_bytes().split(b"\0")
+        assert b"OPENBLAS_NUM_THREADS=1" in env, role
+    with Paced(cell_url, interval_s=0.05):  # ~20 safety requests/s, what the demo's collision pipeline sends
+        time.sleep(1.0)  # warm: the first requests touch numpy, BLAS and onnxruntime
+        before = {role: _cpu_s(pid) for role, pid in kids.items()}
+        started = time.monotonic()
+        time.sleep(4.0)
+        wall = time.monotonic() - started
+        used = {role: (_cpu_s(pid) - before[role]) / wall for role, pid in kids.items()}
+    # Serving 20 small requests a second costs a few per cent of a core; a spinning thread costs most of one.
+    assert used["cell"] < 0.35, used
+    assert used["main"] < 0.35, used

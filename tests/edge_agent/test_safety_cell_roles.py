@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.cell.priority import SPIN_FREE_ENV, child_env
 from edge_agent.cell.roles import cell_config, has_cell, main_config, safety_names
 from edge_agent.config import AgentConfig
 from models.runtimes.tensorrt import create_stream
@@ -89,3 +90,13 @@ def test_high_stream_priority_uses_the_devices_greatest_priority() -> None:
     assert create_stream(cudart, "high") == "high-stream"
     assert create_stream(cudart, "normal") == "stream"
     assert cudart.calls == [("with_priority", 1, -5), ("create",)]
+
+
+def test_the_cells_onnxruntime_threads_never_spin_and_its_children_start_spin_free() -> None:
+    assert cell_config(_config(runtime={"type": "onnxruntime"})).runtime.allow_spinning is False  # type: ignore[union-attr]
+    assert main_config(_config(runtime={"type": "onnxruntime"})).runtime.allow_spinning is True  # type: ignore[union-attr]
+    # The cell always gets the spin-free settings; the main process keeps an operator's own choice.
+    operator = {"OPENBLAS_NUM_THREADS": "4", "PATH": "/bin"}
+    assert child_env("cell", operator) == {**operator, **SPIN_FREE_ENV}
+    assert child_env("main", operator)["OPENBLAS_NUM_THREADS"] == "4"
+    assert child_env("main", {})["OMP_WAIT_POLICY"] == "PASSIVE"
