@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) system-deps
 
 # Tests and the demo start their own mosquitto as a child process: it must be installed. faketime is
-# optional (the clock-jump fault test is skipped without it, saying so); wrk is for `make bench`.
+# optional (the clock-jump fault test is skipped without it, saying so); wrk is for `make bench`. chromium
+# is optional too: Playwright (dev extra) drives Debian's build for the dashboard's browser tests.
 system-deps:
 	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -35,6 +36,14 @@ system-deps:
 			|| echo "note: could not install faketime; the clock-jump fault test will be skipped"; \
 	else \
 		echo "note: faketime is missing (sudo apt-get install faketime); the clock-jump fault test will be skipped"; \
+	fi
+	@if command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium (the dashboard's browser tests)"; \
+		{ apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; } \
+			|| echo "note: could not install chromium; the dashboard's browser tests will be skipped"; \
+	else \
+		echo "note: chromium is missing (sudo apt-get install chromium); the dashboard's browser tests will be skipped"; \
 	fi
 
 # --- checks -------------------------------------------------------------------

@@ -20,6 +20,7 @@ from aiohttp import web
 from cloud_hub.api import build_app
 from cloud_hub.broker import BrokerLinks
 from cloud_hub.config import HubConfig
+from cloud_hub.dashboard import mount_dashboard
 from cloud_hub.errors import ConfigError
 from cloud_hub.files import write_atomic
 from cloud_hub.fleet.claims import ClaimService
@@ -180,7 +181,9 @@ class Hub:
 async def serve_hub(config: HubConfig, *, ingest: bool = True) -> AsyncIterator[Hub]:
     """Open the hub and serve HTTPS on config.host:config.port until the context exits."""
     async with Hub(config, ingest=ingest) as hub:
-        runner = web.AppRunner(build_app(hub), access_log=None)
+        app = build_app(hub)
+        mount_dashboard(app)  # issue 17: the operator dashboard under /ui/ on the same listener
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, config.host, config.port, ssl_context=hub.identity.server_ssl_context())

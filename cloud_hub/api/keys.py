@@ -9,6 +9,7 @@ from aiohttp import web
 from cloud_hub.fleet.claims import ClaimService
 from cloud_hub.fleet.devices import DeviceService
 from cloud_hub.fleet.drift import DriftMonitor
+from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.fleet.provisioning import Provisioner
 from cloud_hub.fleet.ratelimit import FailureLimiter
 from cloud_hub.metrics import HubMetrics
@@ -34,6 +35,7 @@ class HubCore(Protocol):
     desired: DesiredWriter
     rollouts: RolloutService
     drift: DriftMonitor
+    fleet: LiveFleet  # this replica's live view (the dashboard's queue depths and device events)
 
     def check_token(self, token: str) -> bool:
         """True if `token` is a known operator API token."""
