@@ -186,6 +186,7 @@ async def _role_hub(port: int, data_dir: str, db_url: str, warm: int, expect: in
         data_dir=Path(data_dir),
         database_url=db_url,
         brokers=(f"mqtt://127.0.0.1:{port}",),
+        broker_authz="acl",  # a plain broker: no identities, no dynamic-security registry to keep
         mqtt_session_expiry_s=0,
     )
     async with Hub(config) as hub:

@@ -195,6 +195,7 @@ async def _role_hub(args: argparse.Namespace) -> None:
     config = HubConfig(
         data_dir=Path(args.data_dir), database_url=args.db, port=args.http_port,
         brokers=(f"mqtt://127.0.0.1:{args.port}",), batch_max_delay_ms=50,
+        broker_authz="acl",  # a plain broker: no identities, no dynamic-security registry to keep
     )  # fmt: skip
     async with serve_hub(config) as hub:
         assert hub.ingest is not None

@@ -58,10 +58,11 @@ class HubConfig(BaseModel):
         "each listed in the broker's ACL.",
     )
     broker_authz: Literal["acl", "dynsec"] = Field(
-        default="acl",
-        description="How the brokers authorise: their acl_file, or mosquitto's dynamic-security plugin, whose "
-        "registry the hub keeps (a role per device; SUBSCRIBE and $share filters checked; revoked devices "
-        "disconnected at once). docs/security.md.",
+        default="dynsec",
+        description="How the brokers authorise: mosquitto's dynamic-security plugin (the shipped broker config), "
+        "whose registry the hub keeps (a role per device; SUBSCRIBE and $share filters checked; a revoked "
+        "device's client deleted, which disconnects it), or the brokers' own acl_file (weaker: SUBSCRIBE not "
+        "authorised; the hub cuts a revoked device off by taking its client id over). docs/security.md.",
     )
     mqtt_session_expiry_s: int = Field(
         default=86_400,

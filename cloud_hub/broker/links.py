@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from prometheus_client import Gauge
 
 from cloud_hub.broker import dynsec
+from cloud_hub.broker.kick import SessionKicker
 from cloud_hub.broker.link import BrokerLink, MessageHandler
-from cloud_hub.broker.registrar import DynsecRegistrar
+from cloud_hub.broker.registrar import BrokerRights, DynsecRegistrar
 from cloud_hub.broker.url import BrokerUrl
 from cloud_hub.config import HubConfig
 from cloud_hub.errors import HubError
@@ -34,10 +35,16 @@ class BrokerLinks:
         self.identity = identity
         self.metrics = metrics
         self.links: list[BrokerLink] = []
-        # broker_authz = "dynsec": the hub keeps the brokers' dynamic-security registry (registrar.py).
-        self.registrar = (
-            DynsecRegistrar(lambda: self.links, config.topic_prefix) if config.broker_authz == "dynsec" else None
-        )
+        # broker_authz = "dynsec": the hub keeps the brokers' dynamic-security registry (registrar.py);
+        # "acl": the brokers grant by CN, and the hub cuts revoked devices off by client-id takeover (kick.py).
+        self.registrar: BrokerRights | None = None
+        if not config.brokers:
+            pass  # no broker: nothing to keep in step
+        elif config.broker_authz == "dynsec":
+            self.registrar = DynsecRegistrar(lambda: self.links, config.topic_prefix)
+        else:
+            cafile = config.broker_cafile or identity.paths.ca_cert
+            self.registrar = SessionKicker(config.brokers, identity.ca, cafile, identity.paths.pki)
         self.on_link_up: Callable[[], None] | None = None  # called after each (re)connect of a link
 
     async def start(
@@ -53,7 +60,7 @@ class BrokerLinks:
     ) -> list[BrokerLink]:
         """Start a link to every configured broker (ingest passes its subscriptions and session settings)."""
         registrar = self.registrar
-        if registrar is not None:
+        if isinstance(registrar, DynsecRegistrar):
             subscriptions = (*subscriptions, (dynsec.RESPONSE_TOPIC, 0))
             ingest = on_message
 
@@ -104,6 +111,8 @@ class BrokerLinks:
 
     async def aclose(self) -> None:
         """Close every link (idempotent)."""
+        if self.registrar is not None:
+            await self.registrar.aclose()
         links, self.links = self.links, []
         for link in links:
             await link.aclose()

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cloud_hub.broker import dynsec
 from cloud_hub.errors import HubError
@@ -28,8 +28,36 @@ log = logging.getLogger(__name__)
 BATCH = 200  # commands per control message (a sync of a large fleet goes out in slices)
 
 
+class BrokerRights(Protocol):
+    """The hub's hand on what the brokers let a device do: `DynsecRegistrar` (dynsec), `SessionKicker` (acl)."""
+
+    keeps_registry: bool  # True: the brokers hold a registry that `sync` must put in step at every connect
+
+    async def register(self, device_id: str) -> None:
+        """Give a provisioned device its rights on every broker."""
+        ...
+
+    async def retire(self, device_id: str) -> None:
+        """Take a revoked device's rights and disconnect it from every broker."""
+        ...
+
+    async def sync(self, active: Iterable[str], revoked: Iterable[str]) -> None:
+        """Put the brokers in step with the whole registry."""
+        ...
+
+    def revoked_seen(self, device_id: str) -> None:
+        """A revoked device's message reached ingest."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop what is pending."""
+        ...
+
+
 class DynsecRegistrar:
     """Sends control commands on the hub's broker links and waits for each broker's answer."""
+
+    keeps_registry = True
 
     def __init__(self, links: Callable[[], Sequence[BrokerLink]], prefix: str, timeout_s: float = 10.0) -> None:
         self._links = links
@@ -87,3 +115,9 @@ class DynsecRegistrar:
         commands += [c for d in revoked for c in dynsec.retire_commands(d)]
         if commands:
             await self.apply(commands)
+
+    def revoked_seen(self, device_id: str) -> None:
+        """Nothing to do: a retired device has no rights left (it cannot even publish)."""
+
+    async def aclose(self) -> None:
+        """Nothing pending outlives a call."""

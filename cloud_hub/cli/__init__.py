@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     broker = pki.add_parser("broker-cert", help="issue the broker's TLS server certificate from the hub CA")
     broker.add_argument("--name", action="append", required=True, help="DNS name or IP of the broker (repeatable)")
     broker.add_argument("--out", type=Path, required=True, help="folder for broker.pem, broker.key, edgefleet-ca.pem")
+    seed = pki.add_parser(
+        "broker-dynsec", help="write the broker's first dynamic-security registry (the hub replicas' role)"
+    )
+    seed.add_argument("--out", type=Path, required=True, help="the plugin's plugin_opt_config_file")
+    seed.add_argument(
+        "--hub", action="append", default=[], help="MQTT identity of a hub replica (repeatable; default edgefleet-hub)"
+    )
+    seed.add_argument("--prefix", default="edgefleet/v1", help="MQTT topic prefix (default edgefleet/v1)")
+    seed.add_argument("--force", action="store_true", help="replace an existing file (drops what the broker holds)")
 
     return parser
 

@@ -11,12 +11,13 @@ from rich.console import Console
 from cloud_hub.cli import models, render, rollouts
 from cloud_hub.cli.args import parse_duration, parse_labels
 from cloud_hub.cli.client import HubClient
+from cloud_hub.errors import HubError
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Dispatch a claims/devices/pki command."""
     if args.command == "pki":
-        return _broker_cert(args)
+        return _broker_dynsec(args) if args.action == "broker-dynsec" else _broker_cert(args)
     client = HubClient.resolve(args.data_dir, args.hub, args.token, args.ca)
     console = Console()
     if args.command == "claims":
@@ -138,4 +139,29 @@ def _broker_cert(args: argparse.Namespace) -> int:
         identity.ca.write_crl(out / "edgefleet.crl", [])
     written = [out / "broker.pem", out / "broker.key", out / "edgefleet-ca.pem", out / "edgefleet.crl"]
     print(f"wrote {', '.join(map(str, written))} (the key 0600)")
+    return 0
+
+
+def _broker_dynsec(args: argparse.Namespace) -> int:
+    """The plugin's seed: the hub role for every replica identity, deny by default, no device yet (each
+    replica registers every device of the registry when it connects)."""
+    import json
+
+    from cloud_hub.broker import dynsec
+    from cloud_hub.files import write_atomic
+    from cloud_hub.pki.identity import HUB_CN
+
+    out: Path = args.out
+    if out.exists() and not args.force:
+        # mosquitto rewrites this file with every change: replacing it would forget every registered device.
+        print(f"kept {out} (it exists; --force replaces it)")
+        return 0
+    hubs = tuple(args.hub) or (HUB_CN,)
+    bad = [h for h in hubs if not h.startswith(HUB_CN)]
+    if bad:
+        raise HubError(f"hub identities are edgefleet-hub or edgefleet-hub-*: {', '.join(bad)}")
+    seed = dynsec.seed_config(args.prefix, hubs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(seed, indent=1).encode(), 0o600)
+    print(f"wrote {out} (hub identities: {', '.join(hubs)})")
     return 0

@@ -32,6 +32,15 @@ def add_parser(sub: Any) -> None:
     serve.add_argument("--broker", action="append", default=[], help="broker to ingest from, mqtts://host:port")
     serve.add_argument("--device-broker-url", help="broker URL given to devices (default the first --broker)")
     serve.add_argument("--broker-ca", type=Path, help="CA of the brokers' server certificates (default hub CA)")
+    serve.add_argument(
+        "--broker-authz",
+        choices=("dynsec", "acl"),
+        default=None,
+        help="how the brokers authorise: dynsec (default; the hub keeps their dynamic-security registry) or acl",
+    )
+    serve.add_argument(
+        "--mqtt-identity", default=None, help="this replica's MQTT certificate CN (default edgefleet-hub)"
+    )
     serve.add_argument("--prefix", default=None, help="MQTT topic prefix (default edgefleet/v1)")
     serve.add_argument("--share-group", default=None, help="shared-subscription group of the replicas")
     serve.add_argument("--telemetry-interval", type=float, default=None, help="report period for devices (s)")
@@ -50,6 +59,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "brokers": tuple(args.broker) or None,
         "device_broker_url": args.device_broker_url,
         "broker_cafile": args.broker_ca,
+        "broker_authz": args.broker_authz,
+        "mqtt_identity": args.mqtt_identity,
         "topic_prefix": args.prefix,
         "share_group": args.share_group,
         "telemetry_interval_s": args.telemetry_interval,

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from cloud_hub.broker.registrar import DynsecRegistrar
+from cloud_hub.broker.registrar import BrokerRights
 from cloud_hub.errors import HubError
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.pki import HubIdentity
@@ -26,7 +26,7 @@ class DeviceService:
         self.store = store
         self.identity = identity
         self.fleet = fleet
-        self.registrar: DynsecRegistrar | None = None  # broker_authz = "dynsec": retire revoked devices there
+        self.registrar: BrokerRights | None = None  # retire (and disconnect) revoked devices on the brokers
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[DeviceRecord]:
         """Devices, optionally those carrying all of `labels`."""
@@ -47,10 +47,13 @@ class DeviceService:
         self.fleet.set_status(device_id, devices.REVOKED)
         await self.write_crl()
         if self.registrar is not None:
-            try:  # deleting its dynsec client disconnects it at once; the CRL refuses its next handshake
+            # dynsec: deleting its client disconnects it at once; acl: a takeover of its client id does
+            # (kick.py). The CRL refuses its next handshake once the broker has re-read it.
+            try:
                 await self.registrar.retire(device_id)
             except HubError as exc:
-                log.warning("device %s revoked; the broker retires it at the next sync: %s", device_id, exc)
+                log.warning("device %s revoked; cutting it off the broker failed (retried at the next sync or "
+                            "its next message): %s", device_id, exc)  # fmt: skip
         log.info("revoked device %s (certificate serial %s)", device_id, record.cert_serial)
         return record
 
@@ -72,7 +75,7 @@ class DeviceService:
 
     async def sync_broker(self) -> None:
         """Apply the whole registry to the brokers' dynamic-security registry (after a broker reconnect)."""
-        if self.registrar is None:
+        if self.registrar is None or not self.registrar.keeps_registry:
             return
         async with self.store.begin() as conn:
             statuses = await devices.statuses(conn)

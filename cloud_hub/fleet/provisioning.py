@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import IntegrityError
 
-from cloud_hub.broker.registrar import DynsecRegistrar
+from cloud_hub.broker.registrar import BrokerRights
 from cloud_hub.errors import Conflict, Forbidden, HubError
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.fleet.tokens import new_id, token_hash
@@ -60,7 +60,7 @@ class Provisioner:
         self.identity = identity
         self.fleet = fleet
         self.settings = settings
-        self.registrar: DynsecRegistrar | None = None  # broker_authz = "dynsec": the device's broker rights
+        self.registrar: BrokerRights | None = None  # the device's broker rights (dynsec; acl: nothing to do)
         self.write_crl: Callable[[], Awaitable[int]] | None = None  # DeviceService.write_crl
 
     async def provision(self, request: ProvisionRequest, proof: PresentedCert | None = None) -> ProvisionResponse:

@@ -48,6 +48,7 @@ class Dispatcher:
         metrics: HubMetrics,
         *,
         on_unknown: Callable[[str], None] | None = None,
+        on_revoked: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.topics = topics
@@ -55,6 +56,7 @@ class Dispatcher:
         self.writer = writer
         self.metrics = metrics
         self.on_unknown = on_unknown
+        self.on_revoked = on_revoked  # a revoked device is connected: the broker rights cut it off again
         self.clock = clock
         self.rate: DeviceRate | None = None  # per-device telemetry limit (HubConfig.telemetry_max_per_s)
         # Topics repeat (a handful per device): remember parses instead of running the regexes again.
@@ -76,6 +78,8 @@ class Dispatcher:
                     self.on_unknown(device_id)
                 raise Dropped("unknown_device", f"message from unknown device {device_id!r}")
             if live.status != "active":
+                if self.on_revoked is not None:
+                    self.on_revoked(device_id)
                 raise Dropped("revoked", f"message from revoked device {device_id!r}")
             if kind == "telemetry" and self.rate is not None and not self.rate.allow(device_id):
                 raise Dropped("rate_limited", f"device {device_id!r} is over its telemetry rate")  # issue 15

@@ -103,7 +103,11 @@ class IngestService:
         )
         self.acks = AckPublisher(self.topics, lambda: self.broker.links, metrics)
         self.writer.on_committed = self.acks.committed
-        self.dispatcher = Dispatcher(self.topics, fleet, self.writer, metrics, on_unknown=self._unknown)
+        rights = broker.registrar  # acl: kick a revoked device that is back (cloud_hub/broker/kick.py)
+        self.dispatcher = Dispatcher(
+            self.topics, fleet, self.writer, metrics, on_unknown=self._unknown,
+            on_revoked=rights.revoked_seen if rights is not None else None,
+        )  # fmt: skip
         self.dispatcher.rate = DeviceRate(config.telemetry_max_per_s, config.telemetry_burst)  # issue 15
         self.client_id = ""
         self._id_lock: int | None = None

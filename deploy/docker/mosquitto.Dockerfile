@@ -2,11 +2,13 @@
 # Eclipse Mosquitto 2.0.11 from Debian bookworm: the same package and file locations that
 # deploy/mosquitto/mosquitto.conf is written (and tested, tests/rig) for. Used by deploy/compose.yaml.
 #
-# The config, the rendered ACL and the certificates are mounted, not baked in:
+# The config, the certificates and the dynamic-security registry are mounted, not baked in:
 #   /etc/mosquitto/mosquitto.conf    deploy/mosquitto/mosquitto.conf
-#   /etc/mosquitto/certs/            edgefleet-ca.pem, broker.pem, broker.key (readable by uid 1883) and
-#                                    edgefleet.acl rendered from deploy/mosquitto/acl.template; the config's
-#                                    /etc/mosquitto/edgefleet.acl is a link to it
+#   /etc/mosquitto/certs/            edgefleet-ca.pem, broker.pem, broker.key, edgefleet.crl (readable by
+#                                    uid 1883) and edgefleet.acl rendered from deploy/mosquitto/acl.template
+#                                    for the acl_file alternative; /etc/mosquitto/edgefleet.acl links to it
+#   /var/lib/mosquitto/              persistence and dynamic-security.json (`cloud-hub pki broker-dynsec`),
+#                                    which the plugin rewrites (writable by uid 1883)
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 FROM ${DEBIAN_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive

@@ -1,8 +1,9 @@
 """THE mosquitto of the local stack: a child process on a free loopback port with a generated config.
 
 Two ways to run it, one config (`broker_config`): `Mosquitto`, a synchronous object that owns its process
-(tests, benchmarks), and `start_broker`, the production mTLS + ACL broker as a `Supervisor` child next to
-the hub and the agents (the demo, the end-to-end and fault suites, the soak).
+(tests, benchmarks; acl_file unless told `authz="dynsec"`), and `start_broker`, the production mTLS broker
+with the shipped dynamic-security plugin as a `Supervisor` child next to the hub and the agents (the demo,
+the end-to-end and fault suites, the soak).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from deploy.local.broker_config import (
     DEFAULT_PREFIX,
     FLAVOURS,
     HUB_REPLICAS,
+    RIG_ADMIN,
     Authz,
     Flavour,
     MosquittoError,
@@ -57,10 +59,15 @@ def require_mosquitto(hint: str = INSTALL_HINT) -> str:
     return found
 
 
-async def start_broker(sup: Supervisor, workdir: Path, tls_dir: Path, prefix: str) -> tuple[Child, int]:
-    """The production mTLS + ACL broker (certificates from `cloud-hub pki broker-cert`) on a free port.
+async def start_broker(
+    sup: Supervisor, workdir: Path, tls_dir: Path, prefix: str, authz: Authz = "dynsec"
+) -> tuple[Child, int]:
+    """The production mTLS broker (certificates from `cloud-hub pki broker-cert`) on a free port.
 
-    Config in `workdir`/mosquitto.conf, ACL in `workdir`/acl.conf, log in `workdir`/logs; (child, port).
+    Config in `workdir`/mosquitto.conf; with dynsec (the shipped default) the plugin's registry in
+    `workdir`/dynamic-security.json, seeded with the hub replicas only (the hub registers every device it
+    provisions, `broker_authz = "dynsec"`, the hub's default); with acl the ACL in `workdir`/acl.conf.
+    Log in `workdir`/logs; (child, port).
     """
     binary = require_mosquitto(DEMO_INSTALL_HINT)
     conf = workdir / "mosquitto.conf"
@@ -70,7 +77,7 @@ async def start_broker(sup: Supervisor, workdir: Path, tls_dir: Path, prefix: st
         port = free_port()
         text = broker_config(
             "mtls", port, log_path=log_path, tls=tls, acl_path=workdir / "acl.conf", prefix=prefix, verbose_log=None,
-            crlfile=tls.crlfile, hub_usernames=HUB_REPLICAS,
+            crlfile=tls.crlfile, hub_usernames=HUB_REPLICAS, authz=authz,
         )  # fmt: skip
         conf.write_text(text)
         child = sup.spawn(f"mosquitto-{attempt}" if attempt else "mosquitto", [binary, "-c", str(conf)])
@@ -94,7 +101,7 @@ class Mosquitto:
         verbose_log: bool = True,
         extra_config: Sequence[str] = (),
         hub_usernames: Sequence[str] = HUB_REPLICAS,
-        authz: Authz = "acl",
+        authz: Authz = "acl",  # the rig's default: most tests connect certificates no hub registers
         device_ids: Sequence[str] = (),
         binary: str | None = None,
         start_timeout_s: float = 5.0,
@@ -291,6 +298,7 @@ class Mosquitto:
             hub_usernames=self.hub_usernames,
             authz=self.authz,
             device_ids=self.device_ids,
+            dynsec_admins=(RIG_ADMIN,),
         )
 
     def dynsec(self, commands: Sequence[dict[str, object]], admin_cert: tuple[Path, Path]) -> None:

@@ -3,9 +3,12 @@
 Flavours:
 - ``plain``: anonymous MQTT over TCP.
 - ``tls``: anonymous MQTT over TLS with a server certificate.
-- ``mtls``: the production config from ``deploy/mosquitto/mosquitto.conf`` with the ACL rendered from
-  ``deploy/mosquitto/acl.template``; only paths, port, persistence, logging and ``user`` are rewritten
-  (see ``render_production_config``), so the tests and the demo run the ACL and TLS settings that ship.
+- ``mtls``: the production config from ``deploy/mosquitto/mosquitto.conf``; only paths, port, persistence,
+  logging, ``user`` and the authoriser are rewritten (see ``render_production_config``), so the tests and
+  the demo run the TLS settings that ship. The authoriser (`Authz`) is the shipped dynamic-security plugin
+  with a seed from ``cloud_hub/broker/dynsec.py`` (the demo stack, `start_broker`), or ``acl_file`` rendered
+  from ``deploy/mosquitto/acl.template`` (the weaker alternative; the `Mosquitto` rig's default, because
+  most tests connect certificates that no hub registers).
 
 When run as root, the generated config says ``user root``: mosquitto would otherwise drop to the
 ``mosquitto`` user, which cannot read the certificates and keys under a private temp dir.
@@ -26,8 +29,8 @@ from deploy.local.procs import HOST, StackError
 
 Flavour = Literal["plain", "tls", "mtls"]
 FLAVOURS: tuple[Flavour, ...] = ("plain", "tls", "mtls")
-# How the mtls broker authorises: the production acl_file, or the dynamic-security plugin, which also
-# authorises SUBSCRIBE ($share filters included; cloud_hub/broker/dynsec.py).
+# How the mtls broker authorises: the shipped dynamic-security plugin, which also authorises SUBSCRIBE
+# ($share filters included; cloud_hub/broker/dynsec.py), or acl_file (deploy/mosquitto/acl.template).
 Authz = Literal["acl", "dynsec"]
 # The rig's identity for the dynsec control API (never a device id: edgefleet-* is reserved).
 RIG_ADMIN = "edgefleet-rig-admin"
@@ -64,7 +67,7 @@ _REWRITTEN = frozenset(
         "plugin_opt_config_file",
     }
 )
-_REQUIRED = ("listener", "cafile", "certfile", "keyfile", "acl_file")
+_REQUIRED = ("listener", "cafile", "certfile", "keyfile", "plugin", "plugin_opt_config_file")
 # Rewritten directives that may repeat: the production lines are dropped and the override appended.
 _APPENDED = frozenset({"log_type"})
 
@@ -199,10 +202,13 @@ def broker_config(
     extra_config: Sequence[str] = (),
     host: str = HOST,
     hub_usernames: Sequence[str] = (HUB_USERNAME,),
-    authz: Authz = "acl",
+    authz: Authz = "dynsec",
     device_ids: Sequence[str] = (),
+    dynsec_admins: Sequence[str] = (),
 ) -> str:
-    """The config text of a broker on `host:port`; for ``mtls`` the ACL is rendered to `acl_path` first.
+    """The config text of a broker on `host:port`; for ``mtls`` the ACL is rendered to `acl_path` first, or
+    (dynsec) the plugin's seed written next to it: the hub role for `hub_usernames`, the control API for
+    `dynsec_admins`, a role per `device_ids`.
 
     `persistence_dir` turns persistence on (off without it). `verbose_log`: True logs everything, False
     errors, warnings and notices only, None keeps the production config's log levels (``mtls`` only).
@@ -229,7 +235,7 @@ def broker_config(
         }
         if authz == "dynsec":
             # acl_file would answer SUBSCRIBE first (and grant it): dynsec alone decides.
-            seed = dynsec.seed_config(prefix, hub_usernames, (RIG_ADMIN,), device_ids)
+            seed = dynsec.seed_config(prefix, hub_usernames, dynsec_admins, device_ids)
             dynsec_path = acl_path.with_name("dynamic-security.json")
             dynsec_path.write_text(json.dumps(seed, indent=1))
             overrides |= {"plugin": dynsec.PLUGIN_PATH, "plugin_opt_config_file": str(dynsec_path)}
@@ -246,10 +252,10 @@ def broker_config(
     return "\n".join([*lines, *extra_config]) + "\n"
 
 
-def render_config(port: int, tls_dir: Path, acl: Path, log_file: Path) -> str:
+def render_config(port: int, tls_dir: Path, acl: Path, log_file: Path, authz: Authz = "dynsec") -> str:
     """The production config on `port` with the files of `cloud-hub pki broker-cert` (the demo's broker)."""
     tls = ServerTLS.from_broker_cert_dir(tls_dir)
     return broker_config(
         "mtls", port, log_path=log_file, tls=tls, acl_path=acl, verbose_log=None, crlfile=tls.crlfile,
-        hub_usernames=HUB_REPLICAS,
+        hub_usernames=HUB_REPLICAS, authz=authz,
     )  # fmt: skip

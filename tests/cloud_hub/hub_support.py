@@ -12,8 +12,11 @@ from cloud_hub.config import HubConfig
 
 
 def hub_config(data_dir: Path, db_url: str | None = None, **overrides: Any) -> HubConfig:
-    """A config on a free loopback port."""
-    values: dict[str, Any] = {"data_dir": data_dir, "database_url": db_url, "port": free_port(), **overrides}
+    """A config on a free loopback port; `broker_authz = "acl"` unless told, as the rig's brokers
+    (`Mosquitto`, acl_file unless `authz="dynsec"`) that these tests start."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir, "database_url": db_url, "port": free_port(), "broker_authz": "acl", **overrides
+    }  # fmt: skip
     return HubConfig(**values)
 
 

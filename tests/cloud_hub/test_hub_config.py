@@ -31,7 +31,7 @@ EVERY_FIELD: dict[str, tuple[str, Any]] = {
     "mqtt_keepalive_s": ("15", 15),
     "mqtt_client_id": ('"edgefleet-hub-a"', "edgefleet-hub-a"),
     "mqtt_identity": ('"edgefleet-hub-2"', "edgefleet-hub-2"),
-    "broker_authz": ('"dynsec"', "dynsec"),
+    "broker_authz": ('"acl"', "acl"),
     "telemetry_max_per_s": ("5.0", 5.0),
     "telemetry_burst": ("100", 100),
     "mqtt_session_expiry_s": ("600", 600),
@@ -120,3 +120,14 @@ def test_the_example_file_parses() -> None:
     config = load_config(EXAMPLE)
     assert config.brokers and config.mqtt_session_expiry_s == 86_400 and config.telemetry_retention_s == 86_400.0
     assert config.data_dir == Path("/var/lib/edgefleet-hub")
+
+
+def test_authz_and_identity_flags(tmp_path: Path) -> None:
+    # dynsec is the default, as the shipped broker config (deploy/mosquitto/mosquitto.conf) runs the plugin.
+    assert _serve("--data-dir", str(tmp_path), "serve").broker_authz == "dynsec"
+    config = _serve("--data-dir", str(tmp_path), "serve", "--broker-authz", "acl", "--mqtt-identity", "edgefleet-hub-1")
+    assert (config.broker_authz, config.mqtt_identity) == ("acl", "edgefleet-hub-1")
+    with pytest.raises(SystemExit):
+        _serve("serve", "--broker-authz", "none")
+    with pytest.raises(ConfigError, match="mqtt_identity"):
+        _serve("--data-dir", str(tmp_path), "serve", "--mqtt-identity", "line-1")

@@ -25,6 +25,7 @@ from test_hub_api import Api
 
 from cloud_hub.app import Hub, serve_hub
 from cloud_hub.broker import BrokerLink, BrokerUrl
+from cloud_hub.broker.kick import SessionKicker
 from cloud_hub.broker.paho_client import RECV_CHUNK
 from cloud_hub.ingest.service import hub_client_id
 from cloud_hub.pki import HubIdentity
@@ -71,6 +72,7 @@ async def test_reports_are_validated_stored_and_bad_ones_dropped(
     token = (await api.claim(uses=5, labels={"site": "plant-a"}))["token"]
     a = await _device(api, token, "dev-a", hub_broker, tmp_path)
     b = await _device(api, token, "dev-b", hub_broker, tmp_path)
+    b_cert = (tmp_path / "dev-b" / "device.pem", tmp_path / "dev-b" / "device.key")
     try:
         await asyncio.to_thread(a.publish, TOPICS.state("dev-a"), birth("dev-a"), retain=True)
         await until(lambda: (live := hub.fleet.get("dev-a")) is not None and live.online is True, what="birth")
@@ -106,21 +108,32 @@ async def test_reports_are_validated_stored_and_bad_ones_dropped(
         _, listed = await api.call("GET", "/api/v1/devices?label=site=plant-a")
         assert {d["id"]: d["online"] for d in listed["devices"]} == {"dev-a": True, "dev-b": False}
 
-        # Revoked: b's messages are counted and ignored from now on.
+        # Revoked: b is cut off the broker (acl_file: the hub takes its client id over, which fires its
+        # will), and what it sends once back (the broker has not re-read the CRL) is counted and ignored.
         await asyncio.to_thread(b.publish, TOPICS.telemetry("dev-b"), load_report("dev-b", 1))
         await until(lambda: hub.fleet.devices["dev-b"].last_seq == 1, what="b's first report")
+        b.client.reconnect_delay_set(60, 60)  # b stays away; b2 below is its comeback
+        kicker = hub.broker.registrar
+        assert isinstance(kicker, SessionKicker)
+        kicker.min_interval_s = 60.0  # the hub's re-kick of b2 (tests/security/test_sec_revocation.py) waits
         assert (await api.call("POST", "/api/v1/devices/dev-b/revoke"))[0] == 200
-        for seq in (2, 3):
-            await asyncio.to_thread(b.publish, TOPICS.telemetry("dev-b"), load_report("dev-b", seq))
+        assert kicker.kicks == 1
+        await until(lambda: not b.client.is_connected(), what="b cut off")
+        b2 = await asyncio.to_thread(DeviceClient, hub_broker, api.cafile, b_cert, "dev-b")
+        try:
+            for seq in (2, 3):
+                await asyncio.to_thread(b2.publish, TOPICS.telemetry("dev-b"), load_report("dev-b", seq))
+        finally:
+            b2.close()
         await asyncio.to_thread(a.publish, topic, load_report("dev-a", 5))  # a marker after b's messages
         await until(lambda: hub.fleet.devices["dev-a"].last_seq == 5, what="marker")
-        assert dropped(hub, "revoked") == 2
+        assert dropped(hub, "revoked") == 3  # b's will (fired by the takeover) and b2's two reports
         assert hub.fleet.devices["dev-b"].last_seq == 1
         await hub.ingest.writer.drain()
         async with hub.store.begin() as conn:
             assert [r["seq"] for r in await telemetry.recent(conn, "dev-b")] == [1]
         text = await _metrics(api)
-        assert 'edgefleet_hub_ingest_dropped_total{reason="revoked"} 2.0' in text
+        assert 'edgefleet_hub_ingest_dropped_total{reason="revoked"} 3.0' in text
         # Every message above took the link's lean path (QoS 0/1 publishes without properties).
         assert hub.ingest.links[0].client.fast_publishes >= 14
     finally:

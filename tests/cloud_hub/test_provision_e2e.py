@@ -115,11 +115,12 @@ async def test_two_devices_by_claim_isolated_rogue_refused_revoked_ignored(
         refused = await asyncio.to_thread(_connect, hub_broker, cafile, mqtt_pki.client("dev-a"), "dev-a-rogue")
         assert isinstance(refused, str) and refused != "no CONNACK", refused
 
-        # Revoked by the real CLI: the hub ignores B from then on (B's open connection survives until the
-        # broker re-reads the CRL; see docs/hub.md).
+        # Revoked by the real CLI: the hub cuts B's open connection at once (acl_file: it takes B's client id
+        # over, cloud_hub/broker/kick.py, which fires B's will) and ignores what B sends from then on.
+        b.client.reconnect_delay_set(60, 60)  # B stays away (test_sec_revocation covers a comeback)
         await sh("cloud_hub", "--data-dir", str(hub_data_dir), "devices", "revoke", "dev-b")
-        await asyncio.to_thread(b.publish, TOPICS.telemetry("dev-b"), load_report("dev-b", 1))
-        await until(lambda: hub.metrics.dropped_count("revoked") == 1, what="revoked counted")
+        await until(lambda: not b.client.is_connected(), what="B cut off")
+        await until(lambda: hub.metrics.dropped_count("revoked") == 1, what="B's will ignored")
         assert hub.fleet.devices["dev-b"].last_seq is None
     finally:
         a.close()

@@ -145,6 +145,7 @@ API_VERSIONS = {
     "ServiceAccount": "v1",
     "Service": "v1",
     "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
     "PodDisruptionBudget": "policy/v1",
     "InferenceService": "serving.kserve.io/v1beta1",
 }

@@ -181,7 +181,7 @@ def test_compose_broker_uses_the_deploy_config_and_pki_files(tmp_path: Path) -> 
     assert pki_mounts["/broker"] == certs_volume
     assert (DEPLOY / pki_mounts["/acl.template"]).resolve() == DEPLOY / "mosquitto" / "acl.template"
 
-    data, out = tmp_path / "hub", tmp_path / "broker"
+    data, out, broker_data = tmp_path / "hub", tmp_path / "broker", tmp_path / "mosquitto-data"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     # `cloud-hub` is this checkout's CLI; chown is a no-op (not root here).
@@ -193,6 +193,7 @@ def test_compose_broker_uses_the_deploy_config_and_pki_files(tmp_path: Path) -> 
     for path, here in (
         ("/var/lib/edgefleet-hub", data),
         ("/broker", out),
+        ("/mosquitto-data", broker_data),
         ("/acl.template", DEPLOY / "mosquitto" / "acl.template"),
     ):
         script = script.replace(f" {path}", f" {here}")  # every container path stands after a space
@@ -209,8 +210,25 @@ def test_compose_broker_uses_the_deploy_config_and_pki_files(tmp_path: Path) -> 
     for key in ("cafile", "certfile", "keyfile"):
         assert conf[key].startswith("/etc/mosquitto/certs/")
         assert (out / Path(conf[key]).name).is_file(), f"{key} {conf[key]} not produced"
-    link = "ln -s /etc/mosquitto/certs/edgefleet.acl " + conf["acl_file"]
+    assert (out / Path(conf["crlfile"]).name).is_file(), "the CRL (on by default) was not produced"
+    # The dynamic-security registry (the shipped authoriser) is where mosquitto's data volume is mounted,
+    # seeded by the job with the hub's role and nothing else; a second run keeps it (mosquitto owns it then).
+    registry = Path(conf["plugin_opt_config_file"])
+    assert registry.parent == Path("/var/lib/mosquitto") and Path(conf["plugin"]).name.startswith("mosquitto_dyn")
+    assert mounts["/var/lib/mosquitto"] == pki_mounts["/mosquitto-data"], "the job seeds the broker's data volume"
+    seed = json.loads((broker_data / registry.name).read_text(encoding="utf-8"))
+    assert [c["username"] for c in seed["clients"]] == ["edgefleet-hub"]
+    assert not any(seed["defaultACLAccess"][k] for k in ("publishClientSend", "publishClientReceive", "subscribe"))
+    (broker_data / registry.name).write_text('{"kept": true}', encoding="utf-8")
+    again = subprocess.run(
+        [*pki["entrypoint"], script], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert again.returncode == 0 and json.loads((broker_data / registry.name).read_text()) == {"kept": True}
+    # The acl_file alternative: rendered beside the certificates, where the image's link points.
+    assert "acl_file" not in conf, "acl_file next to the plugin would grant every SUBSCRIBE"
+    link = "ln -s /etc/mosquitto/certs/edgefleet.acl /etc/mosquitto/edgefleet.acl"
     assert link in (DOCKER / "mosquitto.Dockerfile").read_text(encoding="utf-8")
+    assert "# acl_file /etc/mosquitto/edgefleet.acl" in (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
     acl = (out / "edgefleet.acl").read_text(encoding="utf-8")
     assert "$" not in acl and "pattern write edgefleet/v1/devices/%u/telemetry" in acl
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from deploy_support import (
     API_VERSIONS,
     DEPLOY,
@@ -14,6 +18,7 @@ from deploy_support import (
     ZOO_MODELS,
     assert_flags_exist,
     by_kind,
+    load_yaml,
     pbtxt_field,
     promql_metric_names,
     routes,
@@ -21,23 +26,49 @@ from deploy_support import (
     tensors,
 )
 
+from cloud_hub.broker import dynsec
+from cloud_hub.cli import build_parser, main
+from cloud_hub.cli.serve import config_from_args
+from cloud_hub.config import HubConfig
+from cloud_hub.pki import HubIdentity
+from cloud_hub.pki.identity import replica_cn
+from deploy.local.broker_config import render_acl
+
+HUB_YAML = DEPLOY / "k8s" / "hub.yaml"
+
+
+def hub_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    """hub.yaml's objects by (kind, name): it holds two Services (the StatefulSet's headless one)."""
+    docs = load_yaml(HUB_YAML)
+    objs = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert len(objs) == len(docs), "two objects share a kind and name"
+    return objs
+
+
+def one(kind: str) -> dict[str, Any]:
+    """The only object of `kind` in hub.yaml."""
+    (obj,) = [o for (k, _), o in hub_objects().items() if k == kind]
+    return obj
+
 
 def test_hub_manifest_kinds_and_versions() -> None:
-    objs = by_kind(DEPLOY / "k8s" / "hub.yaml")
-    assert {"Namespace", "Deployment", "Service", "PodDisruptionBudget"} <= set(objs)
-    for kind, obj in objs.items():
+    objs = hub_objects()
+    kinds = {kind for kind, _ in objs}
+    assert {"Namespace", "StatefulSet", "Service", "PodDisruptionBudget"} <= kinds
+    assert "Deployment" not in kinds, "replicas of a Deployment have no stable names to be MQTT identities"
+    namespace = one("Namespace")["metadata"]["name"]
+    for (kind, _), obj in objs.items():
         assert obj["apiVersion"] == API_VERSIONS[kind], kind
         if kind != "Namespace":
-            assert obj["metadata"]["namespace"] == objs["Namespace"]["metadata"]["name"]
+            assert obj["metadata"]["namespace"] == namespace
 
 
-def test_hub_deployment_is_replicated_hardened_and_probed() -> None:
-    objs = by_kind(DEPLOY / "k8s" / "hub.yaml")
-    deploy = objs["Deployment"]["spec"]
-    assert deploy["replicas"] >= 2
-    pod_labels = deploy["template"]["metadata"]["labels"]
-    assert deploy["selector"]["matchLabels"].items() <= pod_labels.items()
-    pod = deploy["template"]["spec"]
+def test_hub_statefulset_is_replicated_hardened_and_probed() -> None:
+    sts = one("StatefulSet")["spec"]
+    assert sts["replicas"] >= 2
+    pod_labels = sts["template"]["metadata"]["labels"]
+    assert sts["selector"]["matchLabels"].items() <= pod_labels.items()
+    pod = sts["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     hub_routes = routes("cloud_hub")
     health = sorted(p for p in hub_routes if "health" in p)
@@ -64,17 +95,73 @@ def test_hub_deployment_is_replicated_hardened_and_probed() -> None:
     assert mounts <= {v["name"] for v in pod["volumes"]}
 
 
-def test_hub_service_and_pdb_select_the_pods() -> None:
-    objs = by_kind(DEPLOY / "k8s" / "hub.yaml")
-    deploy = objs["Deployment"]["spec"]
-    labels = deploy["template"]["metadata"]["labels"]
-    service = objs["Service"]["spec"]
-    assert service["selector"].items() <= labels.items()
-    container_ports = {p["name"] for c in deploy["template"]["spec"]["containers"] for p in c["ports"]}
-    assert {p["targetPort"] for p in service["ports"]} <= container_ports
-    pdb = objs["PodDisruptionBudget"]["spec"]
+def _pod_config(ordinal: int, data_dir: Path) -> HubConfig:
+    """The HubConfig that pod `ordinal`'s real `cloud-hub serve` arguments make, $(VAR)s expanded as the
+    kubelet does: from the ConfigMap, a literal value, or the pod's own name (downward API)."""
+    sts = one("StatefulSet")
+    (hub,) = sts["spec"]["template"]["spec"]["containers"]
+    config_map = one("ConfigMap")["data"]
+    values: dict[str, str] = {}
+    for var in hub["env"]:
+        source = var.get("valueFrom", {})
+        if "value" in var:
+            values[var["name"]] = var["value"]
+        elif "configMapKeyRef" in source:
+            values[var["name"]] = config_map[source["configMapKeyRef"]["key"]]
+        elif source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            values[var["name"]] = f"{sts['metadata']['name']}-{ordinal}"
+    args = [re.sub(r"\$\((\w+)\)", lambda m: values[m[1]], a) for a in hub["args"]]
+    return config_from_args(build_parser().parse_args(["--data-dir", str(data_dir), *args]))
+
+
+def _documented_broker_identities() -> list[str]:
+    """The `--hub` identities of the `cloud-hub pki broker-dynsec` line in hub.yaml's header."""
+    header = "".join(line.lstrip("# ").rstrip("\\") for line in HUB_YAML.read_text().splitlines()
+                     if line.startswith("#"))  # fmt: skip
+    command = header[header.index("cloud-hub pki broker-dynsec") :].split("(")[0]
+    return re.findall(r"--hub (\S+)", command)
+
+
+def test_each_hub_replica_has_its_own_mqtt_identity_listed_on_the_broker(tmp_path: Path) -> None:
+    sts = one("StatefulSet")
+    replicas = sts["spec"]["replicas"]
+    configs = [_pod_config(i, tmp_path / f"pod-{i}") for i in range(replicas)]
+    identities = [c.mqtt_identity for c in configs]
+    assert identities == [f"edgefleet-hub-{i}" for i in range(replicas)]  # the pod names
+    assert {c.broker_authz for c in configs} == {"dynsec"}, "the shipped broker config runs the plugin"
+    for config in configs:
+        # The CN a replica presents is its identity as configured (not rewritten by a client-id slot), and
+        # the client certificate it issues itself at start carries it.
+        assert replica_cn(config.data_dir, config.mqtt_identity, "any-client-id") == config.mqtt_identity
+        identity = HubIdentity.bootstrap(config.data_dir, None, config.mqtt_identity)
+        cert = x509.load_pem_x509_certificate(identity.paths.hub_cert.read_bytes())
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == config.mqtt_identity
+    # The broker lists exactly these identities, each with the hub's role (the documented seed command).
+    assert _documented_broker_identities() == identities
+    seed_file = tmp_path / "dynamic-security.json"
+    argv = ["pki", "broker-dynsec", "--out", str(seed_file)]
+    assert main([*argv, *(a for i in identities for a in ("--hub", i))]) == 0
+    seed = json.loads(seed_file.read_text())
+    assert {c["username"]: c["roles"] for c in seed["clients"]} == {
+        i: [{"rolename": dynsec.HUB_ROLE}] for i in identities
+    }
+    # ... and, for the acl_file alternative, one hub block each.
+    acl = render_acl(tmp_path / "acl", hub_usernames=identities).read_text()
+    assert [line for line in acl.splitlines() if line.startswith("user ")] == [f"user {i}" for i in identities]
+
+
+def test_hub_services_and_pdb_select_the_pods() -> None:
+    sts = one("StatefulSet")["spec"]
+    labels = sts["template"]["metadata"]["labels"]
+    container_ports = {p["name"] for c in sts["template"]["spec"]["containers"] for p in c["ports"]}
+    services = {name: obj["spec"] for (kind, name), obj in hub_objects().items() if kind == "Service"}
+    assert services[sts["serviceName"]].get("clusterIP") == "None", "a StatefulSet's governing Service is headless"
+    for spec in services.values():
+        assert spec["selector"].items() <= labels.items()
+        assert {p["targetPort"] for p in spec["ports"]} <= container_ports
+    pdb = one("PodDisruptionBudget")["spec"]
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
-    assert 1 <= pdb["minAvailable"] < deploy["replicas"], "the PDB must let one pod drain at a time"
+    assert 1 <= pdb["minAvailable"] < sts["replicas"], "the PDB must let one pod drain at a time"
 
 
 def test_pool_inference_service_is_triton_v2_on_a_gpu() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from deploy.local.broker_config import DEPLOY_DIR, render_config
+from deploy.local.broker_config import DEPLOY_DIR, HUB_REPLICAS, render_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -148,12 +148,18 @@ def test_broker_config_is_the_production_one_with_the_demo_paths(tmp_path: Path)
     conf = render_config(1884, tmp_path / "tls", tmp_path / "acl", tmp_path / "log")
     production = [line for line in (DEPLOY_DIR / "mosquitto.conf").read_text().splitlines()]
     kept = [line for line in production if line.split(maxsplit=1)[:1] not in (["listener"], ["cafile"], ["certfile"],
-            ["keyfile"], ["acl_file"], ["persistence"], ["persistence_location"], ["autosave_interval"],
-            ["log_dest"], ["pid_file"], ["user"], ["crlfile"])]  # fmt: skip
+            ["keyfile"], ["plugin"], ["plugin_opt_config_file"], ["persistence"], ["persistence_location"],
+            ["autosave_interval"], ["log_dest"], ["pid_file"], ["user"], ["crlfile"])]  # fmt: skip
     lines = conf.splitlines()
     assert all(line in lines for line in kept)
     assert "listener 1884 127.0.0.1" in lines and "require_certificate true" in lines
-    assert f"acl_file {tmp_path / 'acl'}" in lines and "persistence false" in lines
+    # The shipped authoriser, dynsec, with the seed next to the demo's ACL path: the hub replicas, no device.
+    registry = tmp_path / "dynamic-security.json"
+    assert f"plugin_opt_config_file {registry}" in lines and "persistence false" in lines
+    assert not any(line.startswith("acl_file") for line in lines)
+    assert {c["username"] for c in json.loads(registry.read_text())["clients"]} == set(HUB_REPLICAS)
+    acl = render_config(1884, tmp_path / "tls", tmp_path / "acl", tmp_path / "log", authz="acl").splitlines()
+    assert f"acl_file {tmp_path / 'acl'}" in acl and not any(line.startswith("plugin") for line in acl)
     assert not any(line.startswith(("pid_file", "persistence_location", "autosave_interval")) for line in lines)
     # The CRL (on by default) is the one `cloud-hub pki broker-cert` wrote next to the broker certificate.
     (tmp_path / "tls").mkdir()

@@ -65,7 +65,8 @@ def test_no_secret_in_any_log_line(
     hub_cli = ["-m", "cloud_hub", "--data-dir", str(hub_data_dir), "-v"]
     port = free_port()
     broker = f"mqtts://127.0.0.1:{hub_broker.port}"
-    hub, hub_log = _spawn("hub", [*hub_cli, "serve", "--port", str(port), "--broker", broker], tmp_path)
+    serve = ["serve", "--port", str(port), "--broker", broker, "--broker-authz", "acl"]  # the rig broker: acl_file
+    hub, hub_log = _spawn("hub", [*hub_cli, *serve], tmp_path)
     agent: subprocess.Popen[bytes] | None = None
     outputs: dict[str, str] = {}
     try:
