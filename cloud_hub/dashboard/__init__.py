@@ -11,8 +11,9 @@ from aiohttp import web
 
 from cloud_hub.api.errors import Handler
 from cloud_hub.dashboard import auth, claims, fleet, rollouts
+from cloud_hub.dashboard.cache import TtlCache
 from cloud_hub.dashboard.html import PREFIX
-from cloud_hub.dashboard.keys import LIMITER_KEY, SESSIONS_KEY, SETTINGS_KEY, STOP_KEY, DashboardSettings
+from cloud_hub.dashboard.keys import LIMITER_KEY, SESSIONS_KEY, SETTINGS_KEY, STOP_KEY, TOTALS_KEY, DashboardSettings
 from cloud_hub.dashboard.sessions import SessionStore
 from cloud_hub.fleet.ratelimit import FailureLimiter
 
@@ -36,7 +37,8 @@ def build_dashboard(settings: DashboardSettings | None = None) -> web.Applicatio
     app = web.Application(middlewares=[auth.guard])
     app[SESSIONS_KEY] = SessionStore()
     app[LIMITER_KEY] = FailureLimiter(burst=10, refill_per_s=0.2)
-    app[SETTINGS_KEY] = settings or DashboardSettings()
+    app[SETTINGS_KEY] = settings = settings or DashboardSettings()
+    app[TOTALS_KEY] = TtlCache(settings.totals_cache_s)
     app[STOP_KEY] = stop = asyncio.Event()
     for name, content_type in STATIC_FILES.items():
         app.router.add_get(f"/static/{name}", _static(name, content_type))

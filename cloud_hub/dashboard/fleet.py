@@ -25,7 +25,7 @@ from cloud_hub.dashboard.html import (
     table,
     ts,
 )
-from cloud_hub.dashboard.keys import SESSION_KEY
+from cloud_hub.dashboard.keys import SESSION_KEY, TOTALS_KEY
 from cloud_hub.dashboard.live import View, live_page
 from cloud_hub.errors import InvalidRequest
 from cloud_hub.store import fleetview
@@ -150,7 +150,7 @@ async def overview(view: View) -> Page:
         pages = max(1, math.ceil(counts.of(f.state) / size))
         number = min(number, pages)
         records = await fleetview.page(conn, f, offset=(number - 1) * size, limit=size)
-        totals = await fleetview.pipeline_totals(conn, f)
+        totals = await view.request.app[TOTALS_KEY].get(f, lambda: fleetview.pipeline_totals(conn, f))
         pairs = [] if view.streaming else await fleetview.label_pairs(conn)
     query: dict[str, Any] = {"label": [f"{k}={v}" for k, v in f.labels], "state": f.state, "q": f.id_prefix}
     headers = ["device", "state", "labels", "versions", "req/s", "p99 ms", "local / cloud / rejected", "last seen"]
@@ -312,5 +312,6 @@ async def revoke_device(request: web.Request) -> web.StreamResponse:
     """Revoke a device (the API's revocation: CRL, broker registry)."""
     device_id = request.match_info["device_id"]
     await request.config_dict[HUB_KEY].devices.revoke(device_id)
+    request.app[TOTALS_KEY].clear()  # its load leaves the fleet's figures now, not at the cache's expiry
     request[SESSION_KEY].say("ok", f"device {device_id} revoked")
     return redirect(f"{PREFIX}/devices/{device_id}")
