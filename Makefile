@@ -17,7 +17,16 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-setup: $(STAMP) system-deps
+# KServe's own Python SDK for tests/edge_agent/test_kserve_sdk.py, in a venv of its own: in the project's venv
+# it would pull ~30 packages and downgrade protobuf. Best effort: without it those tests are skipped, saying so.
+KSERVE_VENV := .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed-kserve-0.21.0
+$(KSERVE_STAMP):
+	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	@if $(KSERVE_VENV)/bin/pip install -q 'kserve==0.21.0'; then touch $@; \
+	else echo "note: could not install kserve==0.21.0 into $(KSERVE_VENV); the KServe SDK tests will be skipped"; fi
+
+setup: $(STAMP) system-deps $(KSERVE_STAMP)
 
 # Tests and the demo start their own mosquitto as a child process: it must be installed. faketime is
 # optional (the clock-jump fault test is skipped without it, saying so); wrk is for `make bench`. chromium

@@ -166,6 +166,7 @@ def routes() -> list[web.RouteDef]:
     version = "/v2/models/{model}/versions/{version}"
     return [
         web.get("/v2", server_metadata),
+        web.get("/v2/", server_metadata),  # the official OIP REST spec's path for it
         web.get("/v2/health/live", live),
         web.get("/v2/health/ready", ready),
         web.get(model, model_metadata),
