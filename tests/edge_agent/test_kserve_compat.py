@@ -1,9 +1,9 @@
 """KServe's Python SDK calls (`kserve.InferenceRESTClient`, 0.21) against a real agent over real HTTP.
 
-The real SDK runs in test_kserve_sdk.py (its own venv, `.venv-kserve`); `pip install kserve` in the project venv pulls ~30 packages (pandas, kubernetes, grpcio-tools,
-fastapi, uvicorn) and would downgrade the venv's protobuf, so these tests send the very requests its
-`InferenceRESTClient` sends (read from kserve 0.21.0's `inference_client.py` and `protocol/infer_type.py`)
-and read the answers the way it reads them.
+The real SDK runs in test_kserve_sdk.py, from its own venv (`.venv-kserve`): in the project's venv it would
+pull ~30 packages (pandas, kubernetes, grpcio-tools, fastapi, uvicorn) and downgrade protobuf. These tests
+send the very requests its `InferenceRESTClient` sends (read from kserve 0.21.0's `inference_client.py` and
+`protocol/infer_type.py`) and read the answers the way it reads them, so they run everywhere.
 """
 
 from __future__ import annotations
