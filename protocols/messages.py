@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, TypeAdapter
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    TypeAdapter,
+    model_validator,
+)
 
 from protocols.common import DeviceId, Name, Sha256Hex, Version, WireModel
-from protocols.pipeline import PipelineSpec
+from protocols.pipeline import PipelineSpec, ShadowCompare
 from protocols.signature import ManifestSignature
 
 Labels = dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]{1,63}$")], Annotated[str, Field(max_length=253)]]
@@ -228,6 +236,20 @@ class ApplyPolicy(WireModel):
     safety_idle_ms: PositiveInt = Field(default=500, description="Quiet time that counts as idle.")
 
 
+class DesiredTrial(WireModel):
+    """A rollout step on the device: a candidate version tried next to the desired (serving) version of its
+    model, on that model's pipelines (docs/rollouts.md). Removing the trial removes the candidate."""
+
+    mode: Literal["shadow", "split"] = Field(
+        description="shadow: sees `share` of the inputs, never answers; split: answers `share` of the requests."
+    )
+    share: float = Field(gt=0.0, le=1.0, description="Share of the pipelines' requests (0..1).")
+    candidate: DesiredModel = Field(description="The candidate version's package (same model name).")
+    compare: ShadowCompare = Field(default="auto", description="How shadow outputs are compared (shadow mode).")
+    tolerance: NonNegativeFloat = Field(default=1e-3, description="Max abs difference that still agrees.")
+    allow_safety: bool = Field(default=False, description="Apply to safety pipelines too (the operator's say-so).")
+
+
 class DesiredState(WireModel):
     """Retained on `desired`: what the hub wants the device to run. `revision` only grows."""
 
@@ -240,6 +262,20 @@ class DesiredState(WireModel):
     pools: tuple[PoolEndpoint, ...] = Field(default=(), description="Cloud pools for overflow.")
     apply: ApplyPolicy = Field(default_factory=ApplyPolicy, description="When to activate new versions.")
     rollout_id: str | None = Field(default=None, max_length=64, description="Rollout that wrote it, if any.")
+    trials: tuple[DesiredTrial, ...] = Field(
+        default=(), description="Candidate versions tried next to desired models (rollout shadow/split steps)."
+    )
+
+    @model_validator(mode="after")
+    def _trials_match_models(self) -> DesiredState:
+        desired = {m.name: m.version for m in self.models}
+        seen: set[str] = set()
+        for t in self.trials:
+            name = t.candidate.name
+            if name not in desired or desired[name] == t.candidate.version or name in seen:
+                raise ValueError(f"trial of {name!r}: needs the model desired at another version, once")
+            seen.add(name)
+        return self
 
 
 ModelPhase = Literal["pending", "downloading", "verifying", "preparing", "warming", "held", "active", "failed"]
@@ -264,7 +300,10 @@ class ReportedState(WireModel):
     revision: NonNegativeInt = Field(description="Desired revision these reports refer to.")
     updated_at: float = Field(description="Unix time (s).")
     models: tuple[ModelReport, ...] = Field(default=(), description="Per-model state.")
-    converged: bool = Field(description="True when every desired model is active.")
+    trials: tuple[ModelReport, ...] = Field(
+        default=(), description="Per desired trial: its candidate version (`active` = loaded and applied)."
+    )
+    converged: bool = Field(description="True when every desired model (and trial) is active.")
 
 
 class DeviceEvent(WireModel):

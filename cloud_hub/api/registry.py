@@ -183,9 +183,11 @@ async def artifact(request: web.Request) -> web.StreamResponse:
     who = await authorize_download(request, hub)
     sha = request.match_info["sha256"]
     if who != "operator":
-        # A device gets only what its own desired state names, not any package whose sha it knows.
+        # A device gets only what its own desired state names (models, and trials' candidates: issue 16),
+        # not any package whose sha it knows.
         desired = await hub.desired.current(who)
-        if desired is None or all(m.sha256 != sha for m in desired.models):
+        named = () if desired is None else (*desired.models, *(t.candidate for t in desired.trials))
+        if all(m.sha256 != sha for m in named):
             raise Forbidden(f"artifact {sha} is not in device {who!r}'s desired state")
     path = await hub.registry.artifact(sha)
     etag = f'"{sha}"'

@@ -40,6 +40,15 @@ def add_parser(sub: Any, client_flags: Callable[[argparse.ArgumentParser], None]
     create.add_argument("--max-p99-increase", help="halt when a pipeline's p99 rises more than this %% over baseline")
     create.add_argument("--max-error-rate", help="halt when a device's error rate exceeds this %%")
     create.add_argument("--deadline", help="longest a wave waits for its online devices, e.g. 1h")
+    steps = create.add_argument_group("steps (issue 16): each wave goes shadow -> split -> full")
+    steps.add_argument("--shadow", help="shadow step first: %% of requests the candidate sees, e.g. 10%%")
+    steps.add_argument("--split", help="split step: %% of requests the candidate answers, e.g. 5%%")
+    steps.add_argument("--shadow-compare", choices=("auto", "top1", "max_abs_diff"), default="auto")
+    steps.add_argument("--shadow-tolerance", type=float, default=1e-3, help="max abs diff that still agrees")
+    steps.add_argument("--min-agreement", default="99%", help="shadow gate: halt below this agreement")
+    steps.add_argument("--min-compared", type=int, default=100, help="shadow gate: comparisons per device first")
+    steps.add_argument("--max-drift", type=float, help="drift gate: halt above this PSI vs the replaced version")
+    steps.add_argument("--allow-safety-split", action="store_true", help="steps apply to safety pipelines too")
     create.add_argument("--apply", choices=("immediate", "safety_idle", "window"), default="immediate")
     create.add_argument("--window", help="HH:MM-HH:MM (UTC) with --apply window")
     client_flags(create)
@@ -77,6 +86,14 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "max_error_rate_pct": _pct(args.max_error_rate) if args.max_error_rate else None,
             "deadline_s": parse_duration(args.deadline) if args.deadline else None,
             "apply": apply,
+            "shadow_pct": _pct(args.shadow) if args.shadow else None,
+            "split_pct": _pct(args.split) if args.split else None,
+            "shadow_compare": args.shadow_compare,
+            "shadow_tolerance": args.shadow_tolerance,
+            "min_agreement_pct": _pct(args.min_agreement),
+            "min_compared": args.min_compared,
+            "max_drift_psi": args.max_drift,
+            "allow_safety_split": args.allow_safety_split,
         }
     except ValueError as exc:
         raise ConfigError(f"invalid percentage: {exc}") from exc
@@ -166,6 +183,41 @@ def _gates(spec: dict[str, Any]) -> str:
     )
 
 
+def _steps(r: dict[str, Any]) -> str:
+    spec = r["spec"]
+    share = {"shadow": spec.get("shadow_pct"), "split": spec.get("split_pct")}
+    names = [f"{s} {share[s]:g}%" if share.get(s) else s for s in r.get("stages", ["full"])]
+    current = r.get("stage", "full")
+    return " -> ".join(f"[bold]{n}[/]" if n.split()[0] == current else n for n in names)
+
+
+def _step_gates(spec: dict[str, Any]) -> str:
+    parts = []
+    if spec.get("shadow_pct"):
+        parts.append(
+            f"agreement >= {spec['min_agreement_pct']:g}% over >= {spec['min_compared']} compared "
+            f"({spec['shadow_compare']}, tolerance {spec['shadow_tolerance']:g})"
+        )
+    drift = spec.get("max_drift_psi")
+    parts.append("drift off" if drift is None else f"drift PSI <= {drift:g}")
+    return ", ".join(parts)
+
+
+def _gate_values(g: dict[str, Any] | None) -> str:
+    if not g:
+        return "-"
+    parts = []
+    if g["compared"] or g["agreement_pct"] is not None:
+        parts.append(f"agree {g['agreement_pct']:g}% ({g['agreed']}/{g['compared']})")
+    if g["drift_psi"] is not None:
+        parts.append(f"psi {g['drift_psi']:.3g} ({g['drift_part']})")
+    if g["p99_ms"]:
+        parts.append("p99 " + ",".join(f"{v:.1f}" for v in g["p99_ms"].values()) + " ms")
+    if g["error_rate_pct"] is not None:
+        parts.append(f"err {g['error_rate_pct']:g}% of {g['requests']}")
+    return "; ".join(parts) or "-"
+
+
 def detail_view(r: dict[str, Any]) -> Group:
     """Header, waves and devices of one rollout."""
     head = Table(show_header=False, title=f"rollout {r['id']}: {r['model']} {r['version']}")
@@ -176,7 +228,9 @@ def detail_view(r: dict[str, Any]) -> Group:
         ("state", _state(r["state"]) + (f"  ({r['reason']})" if r["reason"] else "")),
         ("wave", f"{r['wave'] + 1}/{r['waves']} ({r['phase']})"),
         ("selector", render.labels(spec["selector"])),
+        ("steps", _steps(r)),
         ("gates", _gates(spec)),
+        ("step gates", _step_gates(spec)),
         ("devices", _counts(r["counts"])),
     ]
     for k, v in rows:
@@ -187,7 +241,7 @@ def detail_view(r: dict[str, Any]) -> Group:
     for w in r["waves_detail"]:
         waves.add_row(f"{w['wave'] + 1}{' (canary)' if w['canary'] else ''}", _counts(w["counts"]))
     devices = Table(title="devices")
-    for col in ("device", "wave", "status", "reported", "progress", "previous", "error"):
+    for col in ("device", "wave", "step", "status", "reported", "progress", "previous", "gate values", "error"):
         devices.add_column(col)
     for d in r["devices"]:
         progress = "-" if d["progress"] is None else f"{100 * d['progress']:.0f}%"
@@ -195,10 +249,12 @@ def detail_view(r: dict[str, Any]) -> Group:
         devices.add_row(
             d["device_id"],
             str(d["wave"] + 1),
+            d.get("stage") or "-",
             d["status"] + online,
             d["phase"] or "-",
             progress,
             d["previous_version"] or "-",
+            _gate_values(d.get("gates")),
             d["error"] or "",
         )
     return Group(head, waves, devices)

@@ -123,6 +123,8 @@ class DriftState:
     drifted: bool = False
     checked_at: float | None = None
     scored: int = 0  # reports scored against the current reference
+    last: VersionProfile | None = None  # the latest profile with requests (rollout drift gate)
+    last_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The API's row."""
@@ -142,7 +144,8 @@ class DriftState:
         }
 
 
-def _score(reference: _Profile, p: VersionProfile) -> dict[str, float]:
+def score_parts(reference: _Profile, p: VersionProfile) -> dict[str, float]:
+    """PSI per part (`input:<name>`, `output:<name>`, `classes`) of a profile against a reference."""
     parts: dict[str, float] = {}
     for kind, tensors in (("input", p.inputs), ("output", p.outputs)):
         for t in tensors:
@@ -178,6 +181,7 @@ class DriftMonitor:
                 state = self.states.get(key)
                 if state is None:
                     state = self.states[key] = DriftState(device_id, load.name, load.model, p.version)
+                state.last, state.last_at = p, self.clock()
                 self._fold(state, p)
 
     def _fold(self, state: DriftState, p: VersionProfile) -> None:
@@ -186,7 +190,7 @@ class DriftMonitor:
             if state.building.reports >= self.window:
                 state.reference, state.building = state.building, _Profile()
             return
-        state.parts = _score(state.reference, p)
+        state.parts = score_parts(state.reference, p)
         state.score = max(state.parts.values(), default=None)
         state.checked_at = self.clock()
         state.scored += 1
@@ -227,6 +231,17 @@ class DriftMonitor:
                 state.score, state.parts, state.drifted, state.scored = None, {}, False, 0
                 count += 1
         return count
+
+    def against(
+        self, device_id: str, pipeline: str, version: str, reference_version: str, since: float
+    ) -> dict[str, float] | None:
+        """PSI parts of `version`'s latest profile (received after `since`) against the reference profile of
+        `reference_version` on the same device and pipeline; None while either is missing."""
+        ref = self.states.get((device_id, pipeline, reference_version))
+        new = self.states.get((device_id, pipeline, version))
+        if ref is None or ref.reference is None or new is None or new.last is None or (new.last_at or 0.0) <= since:
+            return None
+        return score_parts(ref.reference, new.last)
 
     def rows(self, device_id: str | None = None) -> list[dict[str, Any]]:
         """Every state (of one device), sorted."""

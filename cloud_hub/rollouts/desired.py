@@ -1,8 +1,10 @@
 """The desired state of each device: stored with a revision allocated in the write transaction, then
 published retained (QoS 1) on `{prefix}/devices/{id}/desired`.
 
-The row holds every model the device should run, not only the one a rollout changes. `pipelines` and
-`pools` are published empty, which tells the agent to keep its locally configured ones (docs/rollouts.md).
+The row holds every model the device should run, not only the one a rollout changes, and the trials (a
+rollout's shadow or split step: a candidate version next to a desired one). `pipelines` and `pools` are
+published empty, which tells the agent to keep its locally configured ones (docs/rollouts.md). `trials` is
+left out of the payload when empty, so agents older than trials still read every other desired state.
 A row stays `unpublished` until the broker acknowledged it; the orchestrator retries those, so a crash or a
 broker outage between commit and publish only delays the message.
 """
@@ -19,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud_hub.store import Store
 from cloud_hub.store import rollouts as rstore
-from protocols.messages import ApplyPolicy, DesiredModel, DesiredState, InstalledModel
+from protocols.messages import ApplyPolicy, DesiredModel, DesiredState, DesiredTrial, InstalledModel
 from protocols.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,13 @@ def state_of(row: Mapping[str, Any]) -> DesiredState:
         models=tuple(DesiredModel.model_validate(m) for m in row["models"]),
         apply=ApplyPolicy.model_validate(row["apply"]),
         rollout_id=row["rollout_id"],
+        trials=tuple(DesiredTrial.model_validate(t) for t in row.get("trials") or ()),
     )
+
+
+def payload(state: DesiredState) -> bytes:
+    """The published JSON (without `trials` when there are none)."""
+    return state.model_dump_json(exclude=None if state.trials else {"trials"}).encode()
 
 
 def satisfied_by(state: DesiredState, installed: Sequence[InstalledModel]) -> bool:
@@ -63,8 +71,10 @@ class DesiredWriter:
         *,
         apply: ApplyPolicy | None = None,
         rollout_id: str | None = None,
+        trials: Mapping[str, DesiredTrial] | None = None,
     ) -> list[DesiredState]:
-        """For each device, put (or with None remove) one model in its desired set; return the new states.
+        """For each device, put (or with None remove) one model in its desired set, with its trial from
+        `trials` (none there: the model's trial is removed); return the new states.
 
         Each device's revision is its stored revision + 1, under the row lock of this transaction, so it only
         grows, across restarts and replicas.
@@ -80,6 +90,10 @@ class DesiredWriter:
             if model is not None:
                 models.append(model.model_dump(mode="json"))
             models.sort(key=lambda m: m["name"])
+            kept = [t for t in (row.get("trials") or [] if row else []) if t["candidate"]["name"] != name]
+            trial = (trials or {}).get(device_id)
+            if trial is not None:
+                kept.append(trial.model_dump(mode="json"))
             written.append(
                 {
                     "device_id": device_id,
@@ -89,6 +103,7 @@ class DesiredWriter:
                     "rollout_id": rollout_id,
                     "issued_at": now,
                     "unpublished": True,
+                    "trials": sorted(kept, key=lambda t: t["candidate"]["name"]) or None,
                 }
             )
         await rstore.put_desired(conn, written, rows)
@@ -113,7 +128,7 @@ class DesiredWriter:
         async def one(state: DesiredState) -> tuple[str, int] | None:
             async with gate:
                 try:
-                    await publisher(self.topics.desired(state.device_id), state.model_dump_json().encode())
+                    await publisher(self.topics.desired(state.device_id), payload(state))
                 except Exception as exc:
                     log.warning(
                         "desired state of %s (revision %d) not published: %s", state.device_id, state.revision, exc

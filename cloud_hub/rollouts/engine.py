@@ -17,6 +17,10 @@ Rules (also in docs/rollouts.md):
   lying one) cannot.
 - Pending devices never block and never count as failed; the last wave then ends `completed_with_pending`,
   which becomes `completed` once none is pending or updating.
+- Steps (issue 16): with shadow_pct / split_pct each wave goes shadow -> split -> full; each step is written,
+  settles and bakes like a wave. A shadow step also waits until every active device compared at least
+  min_compared samples (then `pending` at the deadline, counted from the bake's start); agreement below
+  min_agreement_pct is a gate breach, so is a drift PSI above max_drift_psi (split and full steps).
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from cloud_hub.rollouts.model import (
     Rollout,
     RolloutSpec,
     RolloutState,
+    Stage,
     TargetDevice,
     allowed_failures,
+    device_stage,
+    tries,
 )
 from protocols.messages import ModelPhase
 
@@ -53,6 +60,11 @@ class DeviceObservation:
     p99_ms: Mapping[str, float] = field(default_factory=dict)  # per pipeline, since activation, new version
     requests: int = 0  # on the model's pipelines since activation
     errors: int = 0
+    compared: int = 0  # shadow comparisons of the candidate since activation (shadow step)
+    agreed: int = 0
+    max_abs_diff: float | None = None
+    drift_psi: float | None = None  # the new version's profile against the replaced version's reference
+    drift_part: str | None = None  # "<pipeline> <part>" that scored drift_psi
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +111,31 @@ def observe(d: TargetDevice, o: DeviceObservation | None, now: float) -> TargetD
     return d
 
 
-def gate_breach(d: TargetDevice, o: DeviceObservation | None, spec: RolloutSpec) -> str | None:
-    """Why an active device's telemetry breaches a gate (error rate, p99 against its baseline), or None."""
+def agreement_pct(o: DeviceObservation) -> float | None:
+    """Shadow agreement in %, or None before any comparison."""
+    return 100 * o.agreed / o.compared if o.compared else None
+
+
+def _trial_breach(d: TargetDevice, o: DeviceObservation, spec: RolloutSpec, stage: Stage) -> str | None:
+    pct = agreement_pct(o)
+    if stage == "shadow" and pct is not None and o.compared >= spec.min_compared and pct < spec.min_agreement_pct:
+        diff = "" if o.max_abs_diff is None else f", max abs diff {o.max_abs_diff:.3g}"
+        return (
+            f"device {d.device_id}: shadow agreement {pct:.1f}% ({o.agreed}/{o.compared}{diff}) of "
+            f"{spec.version} < {spec.min_agreement_pct:g}%"
+        )
+    if spec.max_drift_psi is not None and o.drift_psi is not None and o.drift_psi > spec.max_drift_psi:
+        return f"device {d.device_id}: drift PSI {o.drift_psi:.3f} ({o.drift_part}) > {spec.max_drift_psi:g}"
+    return None
+
+
+def gate_breach(d: TargetDevice, o: DeviceObservation | None, spec: RolloutSpec, stage: Stage = "full") -> str | None:
+    """Why an active device's telemetry breaches a gate (error rate, p99 against its baseline, shadow
+    agreement, drift), or None."""
     if d.status != "active" or o is None:
         return None
+    if (why := _trial_breach(d, o, spec, stage)) is not None:
+        return why
     if spec.max_error_rate_pct is not None and o.requests >= MIN_GATE_REQUESTS:
         rate = 100 * o.errors / o.requests
         if rate > spec.max_error_rate_pct:
@@ -129,7 +162,9 @@ def check_gates(r: Rollout, obs: Observations) -> tuple[str | None, dict[str, st
     # While a rollout runs, a rolled_back device is an outlier reverted alone: it counts as failed.
     touched = [d for d in r.devices if d.status in (*TOUCHED, "rolled_back")]
     failed = [d for d in touched if d.status in ("failed", "rolled_back")]
-    breaches = {d.device_id: why for d in touched if (why := gate_breach(d, obs.get(d.device_id), spec))}
+    breaches = {
+        d.device_id: why for d in touched if (why := gate_breach(d, obs.get(d.device_id), spec, device_stage(r, d)))
+    }
     bad = len(failed) + len(breaches)
     allowed = allowed_failures(len(touched), spec.max_failures_pct)
     # Fewer devices targeted than the quorum (a canary of one) decide alone: a bad canary still halts
@@ -166,9 +201,58 @@ def _replace_devices(r: Rollout, changed: Mapping[str, TargetDevice]) -> Rollout
 def _start_wave(r: Rollout, wave: int, now: float) -> Step:
     started = {d.device_id: _set(d, now, "updating", started_at=now) for d in r.in_wave(wave) if d.status == "waiting"}
     r = dataclasses.replace(
-        _replace_devices(r, started), state="running", wave=wave, phase="updating", phase_since=now, updated_at=now
+        _replace_devices(r, started),
+        state="running",
+        wave=wave,
+        stage=r.spec.stages[0],
+        phase="updating",
+        phase_since=now,
+        updated_at=now,
     )
     return Step(r, (WriteDesired(tuple(started)),) if started else ())
+
+
+def _start_stage(r: Rollout, stage: Stage, now: float) -> Step:
+    """The wave's next step: its devices that try the candidate and are active (or pending: they get the
+    retained state when back) are written again; the others already have the version."""
+    moved = {
+        d.device_id: _set(d, now, "updating", activated_at=None)
+        for d in r.in_wave(r.wave)
+        if d.status in ("active", "pending") and tries(d, r.spec)
+    }
+    r = dataclasses.replace(_replace_devices(r, moved), stage=stage, phase="updating", phase_since=now, updated_at=now)
+    return Step(r, (WriteDesired(tuple(moved)),) if moved else ())
+
+
+def _short_of_comparisons(r: Rollout, obs: Observations) -> dict[str, TargetDevice]:
+    """Active devices of a shadow step that have not compared min_compared samples yet."""
+    if r.stage != "shadow":
+        return {}
+    short = {}
+    for d in r.in_wave(r.wave):
+        o = obs.get(d.device_id) or DeviceObservation()
+        if d.status == "active" and tries(d, r.spec) and o.compared < r.spec.min_compared:
+            short[d.device_id] = d
+    return short
+
+
+def _after_bake(r: Rollout, obs: Observations, now: float) -> Step:
+    short = _short_of_comparisons(r, obs)
+    deadline = r.spec.deadline_s
+    if short and deadline is not None and r.phase_since is not None and now - r.phase_since >= deadline:
+        r = _replace_devices(r, {
+            i: _set(d, now, "pending", error=f"fewer than {r.spec.min_compared} shadow comparisons within the deadline")
+            for i, d in short.items()
+        })  # fmt: skip
+        short = {}
+    if short:
+        return Step(r)
+    stages = r.spec.stages
+    if r.stage in stages and stages.index(r.stage) + 1 < len(stages):
+        return _start_stage(r, stages[stages.index(r.stage) + 1], now)
+    if r.wave + 1 < r.waves:
+        return _start_wave(r, r.wave + 1, now)
+    return Step(_finish(r, now))
 
 
 def _revert_touched(r: Rollout, now: float, state: RolloutState, reason: str | None) -> Step:
@@ -213,9 +297,7 @@ def step(r: Rollout, obs: Observations, now: float) -> Step:  # noqa: PLR0911  #
         r = dataclasses.replace(r, phase="baking", phase_since=now, updated_at=now)
     if r.phase_since is not None and now - r.phase_since < r.spec.bake_s:
         return Step(r)
-    if r.wave + 1 < r.waves:
-        return _start_wave(r, r.wave + 1, now)
-    return Step(_finish(r, now))
+    return _after_bake(r, obs, now)
 
 
 def pause(r: Rollout, now: float) -> Step:

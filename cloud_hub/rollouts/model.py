@@ -21,12 +21,16 @@ from pydantic import (
 
 from protocols.common import Name, Version
 from protocols.messages import ApplyPolicy, Labels
+from protocols.pipeline import ShadowCompare
 
 RolloutState = Literal["pending", "running", "paused", "completed", "completed_with_pending", "rolled_back", "aborted"]
 # Rollouts the orchestrator still drives (completed_with_pending: it watches the pending devices report).
 LIVE_STATES: tuple[RolloutState, ...] = ("pending", "running", "paused", "completed_with_pending")
 FINAL_STATES: tuple[RolloutState, ...] = ("completed", "rolled_back", "aborted")
 Phase = Literal["updating", "baking"]
+# Steps of a wave (issue 16): shadow (candidate next to the serving version, compared), split (answers a
+# share), full (the version itself). A rollout without shadow/split has only "full".
+Stage = Literal["shadow", "split", "full"]
 # waiting: its wave has not come; updating: desired written, not active yet; pending: offline (or past the
 # deadline), does not block the rollout; active / failed: as reported; rolled_back: desired set back.
 DeviceStatus = Literal["waiting", "updating", "pending", "active", "failed", "rolled_back"]
@@ -65,6 +69,28 @@ class RolloutSpec(BaseModel):
         default=None, description="Longest a wave waits for its online devices; then they are marked pending."
     )
     apply: ApplyPolicy = Field(default_factory=ApplyPolicy, description="When devices may switch.")
+    shadow_pct: PositiveFloat | None = Field(
+        default=None, le=100, description="Shadow step first: % of each device's requests the candidate sees."
+    )
+    split_pct: PositiveFloat | None = Field(
+        default=None, lt=100, description="Split step (after shadow, if any): % of requests the candidate answers."
+    )
+    shadow_compare: ShadowCompare = Field(default="auto", description="How the shadow step compares outputs.")
+    shadow_tolerance: NonNegativeFloat = Field(default=1e-3, description="Max abs difference that still agrees.")
+    min_agreement_pct: NonNegativeFloat = Field(
+        default=99.0, le=100, description="Shadow gate: halt when a device's agreement is below this."
+    )
+    min_compared: PositiveInt = Field(
+        default=100, description="Shadow gate: comparisons a device needs before it is judged and may go on."
+    )
+    max_drift_psi: PositiveFloat | None = Field(
+        default=None,
+        description="Drift gate: halt when the new version's profile on a device scores a PSI above this against "
+        "the reference profile of the version it replaces there (split and full steps).",
+    )
+    allow_safety_split: bool = Field(
+        default=False, description="Shadow and split steps also apply to safety pipelines."
+    )
 
     @model_validator(mode="after")
     def _waves(self) -> RolloutSpec:
@@ -73,6 +99,16 @@ class RolloutSpec(BaseModel):
         if self.waves_pct[-1] != 100:
             raise ValueError("the last wave must be 100%")
         return self
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The steps each wave goes through, in order."""
+        steps: list[Stage] = []
+        if self.shadow_pct is not None:
+            steps.append("shadow")
+        if self.split_pct is not None:
+            steps.append("split")
+        return (*steps, "full")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +146,7 @@ class Rollout:
     created_at: float
     updated_at: float
     devices: tuple[TargetDevice, ...] = field(default=())
+    stage: Stage = "full"
 
     @property
     def waves(self) -> int:
@@ -134,6 +171,8 @@ class Rollout:
             "wave": self.wave,
             "waves": self.waves,
             "phase": self.phase,
+            "stage": self.stage,
+            "stages": list(self.spec.stages),
             "phase_since": self.phase_since,
             "reason": self.reason,
             "created_at": self.created_at,
@@ -163,3 +202,16 @@ def plan_waves(device_ids: Sequence[str], canary: int, waves_pct: Sequence[float
 def allowed_failures(targeted: int, max_failures_pct: float) -> int:
     """Failed devices tolerated among `targeted`: floor(pct x targeted), so below one device none is."""
     return math.floor(targeted * max_failures_pct / 100 + 1e-9)
+
+
+def tries(d: TargetDevice, spec: RolloutSpec) -> bool:
+    """True if the device goes through the shadow/split steps: it serves another version of the model to
+    compare with. A device without one (or already on the version) gets the version at its first step."""
+    return d.previous is not None and d.previous.get("version") != spec.version
+
+
+def device_stage(r: Rollout, d: TargetDevice) -> Stage:
+    """The step a device is at: the rollout's for its current wave, full for earlier waves."""
+    if d.wave < r.wave or not tries(d, r.spec):
+        return "full"
+    return r.stage

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.rollouts.engine import DeviceObservation
-from cloud_hub.rollouts.model import TOUCHED, Rollout, TargetDevice
+from cloud_hub.rollouts.evidence import Evidence
+from cloud_hub.rollouts.model import TOUCHED, Rollout, Stage, TargetDevice, device_stage
 from cloud_hub.store import devices, telemetry
 from cloud_hub.store.summary import decode_summary
 from protocols.messages import ReportedState
@@ -26,10 +27,16 @@ def _reported(raw: dict[str, Any] | None, live: ReportedState | None) -> Reporte
     return stored
 
 
-def model_phase(d: TargetDevice, reported: ReportedState | None, model: str, version: str) -> tuple[Any, ...]:
-    """(phase, error, progress) of `model` at `version` in a report for the device's revision or later."""
+def model_phase(
+    d: TargetDevice, reported: ReportedState | None, model: str, version: str, stage: Stage = "full"
+) -> tuple[Any, ...]:
+    """(phase, error, progress) of `model` at `version` in a report for the device's revision or later: in a
+    shadow or split step, of the trial of that version (active = loaded and applied next to the serving one)."""
     if reported is None or d.revision is None or reported.revision < d.revision:
         return None, None, None
+    if stage != "full":
+        trial = next((m for m in reported.trials if m.name == model and m.version == version), None)
+        return (None, None, None) if trial is None else (trial.state, trial.error, trial.progress)
     for m in reported.models:
         if m.name != model:
             continue
@@ -40,7 +47,9 @@ def model_phase(d: TargetDevice, reported: ReportedState | None, model: str, ver
     return None, None, None
 
 
-async def observe(conn: AsyncConnection, r: Rollout, live: LiveFleet | None) -> dict[str, DeviceObservation]:
+async def observe(
+    conn: AsyncConnection, r: Rollout, live: LiveFleet | None, evidence: Evidence | None = None
+) -> dict[str, DeviceObservation]:
     """What the engine needs about every touched device."""
     watched = [d for d in r.devices if d.status in TOUCHED]
     if not watched:
@@ -56,9 +65,11 @@ async def observe(conn: AsyncConnection, r: Rollout, live: LiveFleet | None) -> 
             d = active[report["device_id"]]
             if report["received_at"] <= (d.activated_at or 0.0):
                 continue
+            # In a shadow or split step the pipelines report the serving version: all of them count.
+            any_version = device_stage(r, d) != "full"
             p99s, requests, errors = usage.setdefault(d.device_id, ({}, 0, 0))
             for name, p in decode_summary(report["pipelines"]).items():
-                if p.model != spec.model or p.version not in (None, spec.version):
+                if p.model != spec.model or (p.version not in (None, spec.version) and not any_version):
                     continue
                 if p.p99_ms is not None:
                     p99s.setdefault(name, []).append(p.p99_ms)
@@ -73,8 +84,10 @@ async def observe(conn: AsyncConnection, r: Rollout, live: LiveFleet | None) -> 
         online = bool(row["online"]) if row else False
         if live_dev is not None and live_dev.online is not None:
             online = live_dev.online
-        phase, error, progress = model_phase(d, reported, spec.model, spec.version)
+        stage = device_stage(r, d)
+        phase, error, progress = model_phase(d, reported, spec.model, spec.version, stage)
         p99s, requests, errors = usage.get(d.device_id, ({}, 0, 0))
+        trial = _trial_evidence(d, spec.model, spec.version, stage, evidence)
         found[d.device_id] = DeviceObservation(
             online=online,
             phase=phase,
@@ -83,7 +96,26 @@ async def observe(conn: AsyncConnection, r: Rollout, live: LiveFleet | None) -> 
             p99_ms={k: statistics.median(v) for k, v in p99s.items() if v},
             requests=requests,
             errors=max(errors, 0),
+            **trial,
         )
+    return found
+
+
+def _trial_evidence(
+    d: TargetDevice, model: str, version: str, stage: Stage, evidence: Evidence | None
+) -> dict[str, Any]:
+    """Shadow agreement (shadow step) and drift against the replaced version (split, full) since activation."""
+    if evidence is None or d.status != "active" or d.activated_at is None or not d.previous:
+        return {}
+    found: dict[str, Any] = {}
+    if stage == "shadow":
+        a = evidence.agreement(d.device_id, model, version, d.activated_at)
+        found.update(compared=a.compared, agreed=a.agreed, max_abs_diff=a.max_abs_diff)
+    previous = str(d.previous.get("version"))
+    if previous != version:
+        drift = evidence.drift_against(d.device_id, model, version, previous, d.activated_at)
+        if drift is not None:
+            found.update(drift_psi=drift[0], drift_part=drift[1])
     return found
 
 

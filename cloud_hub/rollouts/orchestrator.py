@@ -24,9 +24,10 @@ from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.registry.service import ModelRegistry, get_model
 from cloud_hub.rollouts import engine, observe, persist
 from cloud_hub.rollouts.desired import DesiredWriter
-from cloud_hub.rollouts.model import Rollout
+from cloud_hub.rollouts.evidence import Evidence
+from cloud_hub.rollouts.model import Rollout, RolloutSpec, tries
 from cloud_hub.store import rollouts as rstore
-from protocols.messages import DesiredModel, DesiredState, DeviceBirth, InstalledModel
+from protocols.messages import DesiredModel, DesiredState, DesiredTrial, DeviceBirth, InstalledModel
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Orchestrator:
         writer: DesiredWriter,
         *,
         live: LiveFleet | None = None,
+        evidence: Evidence | None = None,
         clock: Callable[[], float] = time.time,
         tick_s: float = 1.0,
         min_interval_s: float = 0.2,
@@ -58,6 +60,8 @@ class Orchestrator:
         self.registry = registry
         self.writer = writer
         self.live = live
+        # Shadow comparisons and drift for the step gates (issue 16); without a fleet view there are none.
+        self.evidence = evidence if evidence is not None or live is None else Evidence(live, clock=clock)
         self.clock = clock
         self.tick_s = tick_s
         self.min_interval_s = min_interval_s
@@ -138,7 +142,7 @@ class Orchestrator:
         return True
 
     async def _step(self, r: Rollout, now: float, conn: AsyncConnection) -> engine.Step:
-        return engine.step(r, await observe.observe(conn, r, self.live), now)
+        return engine.step(r, await observe.observe(conn, r, self.live, self.evidence), now)
 
     async def transition(self, rollout_id: str, fn: Stepper) -> Rollout:
         """Load the rollout (locked), compute its next state with `fn`, perform the actions, save; publish."""
@@ -187,26 +191,38 @@ class Orchestrator:
         record = await get_model(conn, spec.model, spec.version)
         if record is None:
             raise NotFound(f"model {spec.model!r} version {spec.version!r} is no longer in the registry")
-        todo = [d for d in r.devices if d.device_id in set(ids) and d.revision is None]
-        todo_ids = [d.device_id for d in todo]
-        current = await rstore.desired_rows(conn, todo_ids)
-        installed = await observe.installed_versions(conn, todo_ids, spec.model)
-        base = await observe.baselines(conn, todo_ids, spec.model, now)
-        previous: dict[str, dict[str, object] | None] = {}
-        for device_id in todo_ids:
+        wanted = set(ids)
+        todo = [d for d in r.devices if d.device_id in wanted]
+        # Previous version and baseline are taken once, before the device's first step.
+        first = [d.device_id for d in todo if d.revision is None]
+        current = await rstore.desired_rows(conn, first)
+        installed = await observe.installed_versions(conn, first, spec.model)
+        base = await observe.baselines(conn, first, spec.model, now)
+        previous: dict[str, dict[str, object] | None] = {d.device_id: d.previous for d in todo}
+        for device_id in first:
             entry = next((m for m in (current.get(device_id) or {}).get("models", []) if m["name"] == spec.model), None)
             if entry is None and device_id in installed and installed[device_id] != spec.version:
                 old = await get_model(conn, spec.model, installed[device_id])
                 entry = old.desired(self.registry.hub_url).model_dump(mode="json") if old else None
             previous[device_id] = entry
         new_model = record.desired(self.registry.hub_url)
-        states = await self.writer.set_models(
-            conn, {i: (spec.model, new_model) for i in todo_ids}, apply=spec.apply, rollout_id=r.id
-        )
+        changes: dict[str, tuple[str, DesiredModel | None]] = {}
+        trials: dict[str, DesiredTrial] = {}
+        for d in todo:
+            prev = previous[d.device_id]
+            if r.stage == "full" or prev is None or not tries(dataclasses.replace(d, previous=prev), spec):
+                changes[d.device_id] = (spec.model, new_model)
+            else:
+                changes[d.device_id] = (spec.model, DesiredModel.model_validate(prev))
+                trials[d.device_id] = _trial(spec, r.stage, new_model)
+        states = await self.writer.set_models(conn, changes, apply=spec.apply, rollout_id=r.id, trials=trials)
         revisions = {s.device_id: s.revision for s in states}
         changed = {
             d.device_id: dataclasses.replace(
-                d, revision=revisions[d.device_id], previous=previous[d.device_id], baseline=base.get(d.device_id)
+                d,
+                revision=revisions[d.device_id],
+                previous=previous[d.device_id],
+                baseline=base.get(d.device_id) if d.revision is None else d.baseline,
             )
             for d in todo
         }
@@ -223,3 +239,17 @@ class Orchestrator:
         }
         states = await self.writer.set_models(conn, changes, rollout_id=r.id)
         return r, states
+
+
+def _trial(spec: RolloutSpec, stage: str, candidate: DesiredModel) -> DesiredTrial:
+    """The desired trial of a shadow or split step."""
+    pct = spec.shadow_pct if stage == "shadow" else spec.split_pct
+    assert pct is not None  # stage comes from spec.stages
+    return DesiredTrial(
+        mode="shadow" if stage == "shadow" else "split",
+        share=pct / 100,
+        candidate=candidate,
+        compare=spec.shadow_compare,
+        tolerance=spec.shadow_tolerance,
+        allow_safety=spec.allow_safety_split,
+    )

@@ -25,6 +25,7 @@ def _rollout_values(r: Rollout) -> dict[str, Any]:
         "phase_since": r.phase_since,
         "reason": r.reason,
         "updated_at": r.updated_at,
+        "stage": r.stage,
     }
 
 
@@ -40,6 +41,7 @@ def _from_row(row: Any, devices: tuple[TargetDevice, ...]) -> Rollout:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         devices=devices,
+        stage=row.get("stage") or "full",
     )
 
 

@@ -9,7 +9,8 @@ from cloud_hub.errors import Conflict, InvalidRequest, NotFound
 from cloud_hub.fleet.tokens import new_id
 from cloud_hub.registry.service import get_model
 from cloud_hub.rollouts import engine, observe, persist
-from cloud_hub.rollouts.model import Rollout, RolloutSpec, TargetDevice, plan_waves
+from cloud_hub.rollouts.engine import DeviceObservation, agreement_pct
+from cloud_hub.rollouts.model import Rollout, RolloutSpec, TargetDevice, device_stage, plan_waves
 from cloud_hub.rollouts.orchestrator import Orchestrator
 from cloud_hub.store import devices
 from cloud_hub.store import rollouts as rstore
@@ -74,7 +75,7 @@ class RolloutService:
             r = await persist.load(conn, rollout_id)
             if r is None:
                 raise NotFound(f"no rollout {rollout_id!r}")
-            seen = await observe.observe(conn, r, self.orchestrator.live)
+            seen = await observe.observe(conn, r, self.orchestrator.live, self.orchestrator.evidence)
         waves = []
         for wave in range(r.waves):
             counts: dict[str, int] = {}
@@ -91,6 +92,8 @@ class RolloutService:
                     "phase": o.phase if o else None,
                     "progress": o.progress if o else None,
                     "previous_version": (d.previous or {}).get("version"),
+                    "stage": device_stage(r, d) if d.status != "waiting" else None,
+                    "gates": _gate_values(o),
                 }
             )
         return {**r.summary(), "waves_detail": waves, "devices": rows}
@@ -106,3 +109,20 @@ class RolloutService:
     async def abort(self, rollout_id: str, *, rollback: bool) -> Rollout:
         """Stop for good, optionally reverting the touched devices."""
         return await self.orchestrator.control(rollout_id, functools.partial(engine.abort, rollback=rollback))
+
+
+def _gate_values(o: DeviceObservation | None) -> dict[str, Any] | None:
+    """What the gates see of one device now (shown by `rollouts get`)."""
+    if o is None:
+        return None
+    return {
+        "requests": o.requests,
+        "error_rate_pct": round(100 * o.errors / o.requests, 3) if o.requests else None,
+        "p99_ms": {k: round(v, 3) for k, v in sorted(o.p99_ms.items())},
+        "compared": o.compared,
+        "agreed": o.agreed,
+        "agreement_pct": None if (pct := agreement_pct(o)) is None else round(pct, 2),
+        "max_abs_diff": o.max_abs_diff,
+        "drift_psi": None if o.drift_psi is None else round(o.drift_psi, 4),
+        "drift_part": o.drift_part,
+    }

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, inspect, select
 
 from cloud_hub.errors import StoreError
 from cloud_hub.store import schema
@@ -48,10 +48,26 @@ def _v3_reprovisioning(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.retired_certs, schema.reprovision_approvals])
 
 
+def _add_columns(conn: Connection, table: str, columns: tuple[str, ...]) -> None:
+    """ALTER TABLE ... ADD COLUMN for those missing: step 2 creates its tables from schema.py as it is now,
+    so on a new database they already have the columns (the result is the same either way)."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name in columns:
+        if name not in have:
+            column = schema.metadata.tables[table].c[name]
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {column.type.compile(dialect=conn.dialect)}")
+
+
+def _v4_rollout_steps(conn: Connection) -> None:
+    _add_columns(conn, "rollouts", ("stage",))
+    _add_columns(conn, "device_desired", ("trials",))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: devices, claims, telemetry, api_tokens", _v1_initial),
     Migration(2, "model registry, device desired state, rollouts, leases", _v2_rollouts),
     Migration(3, "retired certificates (CRL) and re-provisioning approvals", _v3_reprovisioning),
+    Migration(4, "rollout steps (rollouts.stage) and desired trials (device_desired.trials)", _v4_rollout_steps),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -123,6 +123,7 @@ device_desired = Table(
     Column("rollout_id", String(64), nullable=True),
     Column("issued_at", Float, nullable=False),
     Column("unpublished", Boolean, nullable=False),  # committed but not yet acknowledged by the broker
+    Column("trials", Json, nullable=True),  # issue 16 (migration 4): DesiredTrial list; None = none
     Index("ix_device_desired_unpublished", "unpublished"),
 )
 
@@ -140,6 +141,7 @@ rollouts = Table(
     Column("reason", String(2000), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("stage", String(16), nullable=True),  # issue 16 (migration 4): shadow | split | full; None = full
     Index("ix_rollouts_state", "state"),
 )
 

@@ -29,9 +29,10 @@ from edge_agent.reconcile.faults import checkpoint
 from edge_agent.reconcile.policy import PolicyGate
 from edge_agent.reconcile.reporter import Reporter
 from edge_agent.reconcile.state import Failure, ReconcileState
+from edge_agent.reconcile.trials import FAILURE_PREFIX, overlay, referenced_versions
 from edge_agent.reconcile.verify import verify_artifact, verify_installed
 from models.signing import Ed25519PublicKey
-from protocols.messages import DesiredModel, DesiredState, ModelPhase, ModelReport, PoolEndpoint
+from protocols.messages import DesiredModel, DesiredState, DesiredTrial, ModelPhase, ModelReport, PoolEndpoint
 
 __all__ = ["Reconciler"]
 
@@ -74,6 +75,8 @@ class Reconciler:
         self._boot: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._reports: dict[str, ModelReport] = {}
+        self._trials: dict[str, ModelReport] = {}  # per trial's model: its candidate's progress
+        self._applied: set[tuple[str, str]] = set()  # candidates the last revision applied (to drop later)
         self.converged = asyncio.Event()
         self.stale_revisions = 0  # desired states at or below the current revision, ignored (metrics)
 
@@ -84,6 +87,7 @@ class Reconciler:
         self.state.open()
         self._desired = self.state.load_desired()
         if self._desired is not None:
+            self._applied = {(t.candidate.name, t.candidate.version) for t in self._desired.trials}
             log.info("resuming reconciliation of persisted desired revision %s", self._desired.revision)
 
     @property
@@ -147,6 +151,7 @@ class Reconciler:
                 )
                 for m in desired.models
             }
+            self._trials = {}
             self._publish(desired)
             self.reporter.event("error", "install.failed", error, revision=desired.revision)
             return
@@ -172,14 +177,27 @@ class Reconciler:
             )
             for m in desired.models
         }
+        self._trials = {
+            t.candidate.name: ModelReport(
+                name=t.candidate.name,
+                version=t.candidate.version,
+                state="pending",
+                active_version=self.core.active_version(t.candidate.name),
+            )
+            for t in desired.trials
+        }
         self._publish(desired)
         self._apply_fleet_settings(desired)
         for model in desired.models:
             await self._reconcile(desired, model, failures.get(model.name))
+        for trial in desired.trials:
+            await self._reconcile_trial(desired, trial, failures.get(FAILURE_PREFIX + trial.candidate.name))
         self._apply_pipelines(desired)
+        await self._drop_candidates(desired)
         keep = {m.sha256 for m in desired.models if self._reports[m.name].state not in ("active", "failed")}
+        keep |= {t.candidate.sha256 for t in desired.trials if self._trials[t.candidate.name].state != "active"}
         await asyncio.to_thread(self.state.prune_downloads, keep)
-        if all(r.state == "active" for r in self._reports.values()):
+        if all(r.state == "active" for r in (*self._reports.values(), *self._trials.values())):
             log.info("desired revision %s converged", desired.revision)
             self.converged.set()
 
@@ -191,15 +209,71 @@ class Reconciler:
             log.warning("desired revision %s names pools, but this agent does not offload", desired.revision)
 
     def _apply_pipelines(self, desired: DesiredState) -> None:
-        """Serve the desired pipelines (after the models they need are in); empty = the local config's."""
-        for problem in self.core.set_pipelines(desired.pipelines):
+        """Serve the desired pipelines (after the models they need are in; empty = the local config's), with
+        the ready trials applied to those of their model."""
+        ready = {name for name, r in self._trials.items() if r.state == "active"}
+        specs, problems = list(desired.pipelines), list[str]()
+        if ready:
+            specs, problems = overlay(specs or self.core.config.pipelines, desired.trials, ready)
+        for problem in problems:
+            log.warning("desired revision %s: %s", desired.revision, problem)
+            self.reporter.event("warning", "trial.skipped", problem, revision=desired.revision)
+        for problem in self.core.set_pipelines(specs):
             log.warning("desired revision %s: %s; pipeline skipped", desired.revision, problem)
             self.reporter.event("warning", "pipelines.skipped", problem, revision=desired.revision)
 
+    async def _reconcile_trial(self, desired: DesiredState, trial: DesiredTrial, failed: Failure | None) -> None:
+        """Install, verify, load and warm the candidate (never switched to); its report says `active` once ready."""
+        model = trial.candidate
+        name, version = model.name, model.version
+        serving = self._reports.get(name)
+        if failed is not None and failed.version == version:
+            self._set(desired, model, "failed", trial=True, error=failed.error)
+            return
+        if serving is None or serving.state != "active":
+            self._set(desired, model, "failed", trial=True, error=f"{name} is not active at its desired version")
+            return
+        try:
+            if not self.activator.loaded(name, version):
+                if await asyncio.to_thread(self.activator.installed, name, version):
+                    self._set(desired, model, "verifying", trial=True)
+                    pkg = await asyncio.to_thread(self.activator.store.package, name, version)
+                    await asyncio.to_thread(verify_installed, pkg, model, self.keys)
+                else:
+                    await self._download_and_install(desired, model, trial=True)
+                self._set(desired, model, "preparing", trial=True)
+                await self.activator.prepare(name, version, lambda _: self._set(desired, model, "warming", trial=True))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = _reason(exc)
+            log.error("trial %s:%s failed: %s", name, version, error)
+            with contextlib.suppress(OSError):
+                failure = Failure(version, error)
+                await asyncio.to_thread(self.state.record_failure, desired.revision, FAILURE_PREFIX + name, failure)
+            self._set(desired, model, "failed", trial=True, error=error)
+            self.reporter.event("error", "trial.failed", error, model=name, version=version, revision=desired.revision)
+            return
+        self._set(desired, model, "active", trial=True)
+        self.reporter.event("info", "trial.ready", f"{trial.mode} of {name} {version} at {trial.share:.0%}",
+                            model=name, version=version, revision=desired.revision)  # fmt: skip
+
+    async def _drop_candidates(self, desired: DesiredState) -> None:
+        """Unload candidates of earlier trials that nothing serves any more (kept on disk)."""
+        current = {(t.candidate.name, t.candidate.version) for t in desired.trials}
+        served = self.core.pipelines()
+        for name, version in sorted(self._applied - current):
+            if self.core.active_version(name) != version and version not in referenced_versions(served, name):
+                await self.activator.discard(name, version)
+                log.info("trial candidate %s:%s unloaded", name, version)
+        self._applied = current
+
     # --- one model ---------------------------------------------------------------------------------------
 
-    def _set(self, desired: DesiredState, model: DesiredModel, phase: ModelPhase, **extra: object) -> None:
-        self._reports[model.name] = ModelReport(
+    def _set(
+        self, desired: DesiredState, model: DesiredModel, phase: ModelPhase, *, trial: bool = False, **extra: object
+    ) -> None:
+        (self._trials if trial else self._reports)[model.name] = ModelReport(
             name=model.name,
             version=model.version,
             state=phase,
@@ -209,7 +283,8 @@ class Reconciler:
         self._publish(desired)
 
     def _publish(self, desired: DesiredState) -> None:
-        self.reporter.report(desired.revision, [self._reports[m.name] for m in desired.models])
+        trials = [self._trials[t.candidate.name] for t in desired.trials if t.candidate.name in self._trials]
+        self.reporter.report(desired.revision, [self._reports[m.name] for m in desired.models], trials)
 
     async def _reconcile(self, desired: DesiredState, model: DesiredModel, failed: Failure | None) -> None:
         name, version = model.name, model.version
@@ -276,19 +351,19 @@ class Reconciler:
         if old is not None:
             await self.activator.retire(name, old)
 
-    async def _download_and_install(self, desired: DesiredState, model: DesiredModel) -> None:
+    async def _download_and_install(self, desired: DesiredState, model: DesiredModel, *, trial: bool = False) -> None:
         last = [-1.0]
 
         def progress(done: int, total: int) -> None:
             fraction = done / total if total else 1.0
             if fraction - last[0] >= 0.01 or done == total:
                 last[0] = fraction
-                self._set(desired, model, "downloading", progress=round(min(fraction, 1.0), 4))
+                self._set(desired, model, "downloading", trial=trial, progress=round(min(fraction, 1.0), 4))
 
-        self._set(desired, model, "downloading", progress=0.0)
+        self._set(desired, model, "downloading", trial=trial, progress=0.0)
         tar = await self.downloader.fetch(model, progress)
         await checkpoint("after_download")
-        self._set(desired, model, "verifying")
+        self._set(desired, model, "verifying", trial=trial)
         staging = self.state.staging_dir(model.sha256)
         try:
             await asyncio.to_thread(verify_artifact, tar, model, self.keys, staging)

@@ -86,14 +86,15 @@ class Reporter:
         """The last report made (sent or not)."""
         return self._latest
 
-    def report(self, revision: int, models: Sequence[ModelReport]) -> None:
-        """Replace the state to publish."""
-        converged = bool(models) and all(m.state == "active" for m in models)
+    def report(self, revision: int, models: Sequence[ModelReport], trials: Sequence[ModelReport] = ()) -> None:
+        """Replace the state to publish (`trials`: the candidates of the revision's trials)."""
+        converged = bool(models) and all(m.state == "active" for m in (*models, *trials))
         self._latest = ReportedState(
             device_id=self.device_id,
             revision=revision,
             updated_at=self._clock(),
             models=tuple(models),
+            trials=tuple(trials),
             converged=converged,
         )
         self._wake.set()
@@ -162,7 +163,9 @@ class Reporter:
     async def _send_pending(self) -> None:
         latest = self._latest
         if latest is not None and latest is not self._sent:
-            await self.link.publish(self._reported_topic, latest, qos=1, retain=True)
+            # Without trials the field is left out: hubs older than trials still read the report.
+            payload = latest.model_dump_json(exclude=None if latest.trials else {"trials"})
+            await self.link.publish(self._reported_topic, payload, qos=1, retain=True)
             self._sent = latest
             self.published += 1
         while self._events:

@@ -179,8 +179,11 @@ async def until(check: Callable[[], Any], timeout_s: float = 30, what: str = "co
         await asyncio.sleep(0.2)
 
 
-def publisher_package(work: Path, version: str, *, broken: bool = False, padding_bytes: int = 0) -> Path:
-    """A tiny-cnn package directory signed by a new publisher key (its .pub written beside it)."""
+def publisher_package(
+    work: Path, version: str, *, broken: bool = False, padding_bytes: int = 0, source: str = "2"
+) -> Path:
+    """A tiny-cnn package directory (the zoo's version `source` model) signed by a new publisher key (its
+    .pub written beside it)."""
     from models.package import build_package, read_manifest
     from models.signing import generate_keypair, save_public_key
     from models.zoo import zoo_package_path
@@ -188,7 +191,7 @@ def publisher_package(work: Path, version: str, *, broken: bool = False, padding
 
     private, public = generate_keypair()
     save_public_key(public, work / f"publisher-{version}.pub")
-    src = zoo_package_path("tiny-cnn", "2")
+    src = zoo_package_path("tiny-cnn", source)
     manifest, _ = read_manifest(src)
     files = [src / manifest.model_file]
     if broken:
