@@ -36,6 +36,7 @@ from cloud_hub.metrics import HubMetrics
 from cloud_hub.pki import HubIdentity
 from cloud_hub.registry import ModelRegistry
 from cloud_hub.rollouts.desired import DesiredWriter
+from cloud_hub.rollouts.evidence import Evidence
 from cloud_hub.rollouts.orchestrator import Orchestrator
 from cloud_hub.rollouts.service import RolloutService
 from cloud_hub.store import Store, tokens
@@ -97,7 +98,9 @@ class Hub:
         # configured there is nothing to publish on: states stay unpublished until a hub with a broker retries them.
         publish = self.broker.publish_retained if config.brokers else None
         self.desired = DesiredWriter(self.store, Topics(config.topic_prefix), publish)
-        self.orchestrator = Orchestrator(self.registry, self.desired, live=self.fleet)
+        # issue 16: the step gates read shadow comparisons and the drift monitor's profiles.
+        evidence = Evidence(self.fleet, self.drift)
+        self.orchestrator = Orchestrator(self.registry, self.desired, live=self.fleet, evidence=evidence)
         self.rollouts = RolloutService(self.orchestrator)
 
     def _sync_broker(self) -> None:
