@@ -1,5 +1,5 @@
 """Issue 16: rollout steps in the pure engine (shadow -> split -> full per wave, the agreement and drift
-gates) and the desired trial the orchestrator writes."""
+gates), the desired trial the orchestrator writes, and the evidence the gates read."""
 
 from __future__ import annotations
 
@@ -7,12 +7,25 @@ import dataclasses
 
 import pytest
 
+from cloud_hub.fleet.drift import DriftMonitor
+from cloud_hub.fleet.live import LiveFleet
 from cloud_hub.rollouts import engine
 from cloud_hub.rollouts.engine import DeviceObservation as Obs
 from cloud_hub.rollouts.engine import RevertDesired, WriteDesired
+from cloud_hub.rollouts.evidence import Evidence
 from cloud_hub.rollouts.model import Rollout, RolloutSpec, TargetDevice, device_stage, plan_waves
 from cloud_hub.rollouts.orchestrator import _trial
-from protocols.messages import DesiredModel, DesiredState
+from protocols.messages import (
+    DesiredModel,
+    DesiredState,
+    DeviceLoad,
+    LoadReport,
+    PipelineLoad,
+    RouteCounts,
+    ShadowStats,
+    TensorProfile,
+    VersionProfile,
+)
 from protocols.signature import ManifestSignature
 
 STEPS = {"shadow_pct": 10, "split_pct": 5, "min_compared": 50, "min_agreement_pct": 99}
@@ -150,3 +163,37 @@ def test_desired_trial_of_a_step_and_its_validation() -> None:
         DesiredState(device_id="d", revision=1, issued_at=0, models=(_model("2"),), trials=(t,))
     with pytest.raises(ValueError, match="trial of 'm'"):
         DesiredState(device_id="d", revision=1, issued_at=0, models=(), trials=(t,))
+
+
+def _report(seq: int, profiles: tuple[VersionProfile, ...], shadow: ShadowStats | None = None) -> LoadReport:
+    load = PipelineLoad(name="detect", model="m", version="1", priority="standard", requests_per_s=1.0,
+                        routes=RouteCounts(local=10), shadow=shadow, profiles=profiles)  # fmt: skip
+    device = DeviceLoad(cpu_percent=1.0, ram_used_mb=1, ram_total_mb=2, gpu_source="unavailable")
+    return LoadReport(
+        device_id="d00", boot_id="b", seq=seq, sent_at=0.0, interval_s=1.0, pipelines=(load,), device=device
+    )
+
+
+def _profile(version: str, mean: float) -> VersionProfile:
+    out = TensorProfile(name="scores", values=400, mean=mean, std=1.0)
+    return VersionProfile(version=version, requests=100, outputs=(out,))
+
+
+def test_evidence_sums_shadow_comparisons_and_scores_the_new_version_against_the_old_reference() -> None:
+    now = [0.0]
+    fleet = LiveFleet()
+    monitor = DriftMonitor(fleet, clock=lambda: now[0])
+    evidence = Evidence(fleet, monitor, clock=lambda: now[0])
+    for seq in range(1, 4):  # v1's reference window, then v2 shadows it
+        now[0] = float(seq)
+        stats = ShadowStats(version="2", sampled=6, compared=5, agreed=seq - 1, max_abs_diff=0.1 * seq)
+        fleet.notify("telemetry", "d00", _report(seq, (_profile("1", 0.0),), stats))
+    a = evidence.agreement("d00", "m", "2", since=1.0)
+    assert (a.compared, a.agreed, a.max_abs_diff) == (10, 3, pytest.approx(0.3))
+    assert evidence.agreement("d00", "m", "3", since=0.0).compared == 0
+    assert evidence.drift_against("d00", "m", "2", "1", since=0.0) is None  # no profile of v2 yet
+    now[0] = 4.0
+    fleet.notify("telemetry", "d00", _report(4, (_profile("1", 0.0), _profile("2", 3.0))))
+    psi, part = evidence.drift_against("d00", "m", "2", "1", since=3.5) or (0.0, "")
+    assert psi > 5.0 and part == "detect output:scores"
+    assert evidence.drift_against("d00", "m", "2", "1", since=4.0) is None  # nothing received after `since`

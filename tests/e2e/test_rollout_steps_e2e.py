@@ -5,7 +5,8 @@ processes, the real `cloud-hub rollouts create --shadow --split`. Each wave goes
   top-1 classes differ, checked here with onnxruntime) is caught by the shadow agreement gate on the canary:
   the rollout is rolled back with the reason, no response ever came from v2, the other device is never
   touched, and the canary's desired state drops the trial.
-- A matching candidate (v3 = v1's weights in a new package) passes shadow -> split -> full on both devices.
+- A matching candidate (v3 = v1's weights in a new package) passes shadow -> split -> full on both devices,
+  its drift against v1's reference judged and under the threshold.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ async def test_matching_candidate_passes_shadow_split_full(rig: Rig, tmp_path: P
     await rig.cli("models", "trust-key", str(tmp_path / "publisher-3.pub"))
     await rig.cli("models", "push", str(package))
     started = time.monotonic()
-    detail, loads, seen = await _run(rig, "3", "--min-agreement", "99%")
+    detail, loads, seen = await _run(rig, "3", "--min-agreement", "99%", "--max-drift", "0.5")
     print(f"steps e2e (v3 = v1 weights): {detail['state']} after {time.monotonic() - started:.1f} s")
     assert detail["state"] == "completed", json.dumps(detail)[:2000]
     assert {d["status"] for d in detail["devices"]} == {"active"}
@@ -155,6 +156,10 @@ async def test_matching_candidate_passes_shadow_split_full(rig: Rig, tmp_path: P
         # Polled every 0.3 s: the last poll before the step advanced may miss the report that reached
         # min_compared (the engine's wait for it is tested in tests/cloud_hub/test_rollout_steps.py).
         assert best["compared"] >= 1 and best["agreement_pct"] == 100.0, best
+        # The drift gate judged v3's profiles against v1's reference on the device, and found them alike.
+        psis = [d["gates"]["drift_psi"] for d in rows if d["gates"] and d["gates"]["drift_psi"] is not None]
+        print(f"  {device_id}: drift PSI vs v1 seen in split/full: max {max(psis, default=None)} ({len(psis)} polls)")
+        assert psis and max(psis) <= 0.5, psis
         load = loads[device_id]
         assert load.failures == [], load.failures[:3]
         first_v3 = load.versions.index("3")
