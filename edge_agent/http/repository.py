@@ -47,9 +47,11 @@ async def load(request: web.Request) -> web.Response:
     parameters = options.get("parameters") or {}
     if type(parameters) is not dict:
         raise InvalidInput("'parameters' must be a JSON object")
+    name = request.match_info["model"]
     if "config" in parameters or any(str(k).startswith("file:") for k in parameters):
-        raise InvalidInput("load with an override config or files is not supported: ship a signed package")
-    await request.app[CONTROL_KEY].load(request.match_info["model"])
+        # Triton's load errors start "failed to load '<model>'" (simple_http_model_control.py matches on it)
+        raise InvalidInput(f"failed to load '{name}': an override config or files are not supported (signed packages)")
+    await request.app[CONTROL_KEY].load(name)
     return _empty()
 
 

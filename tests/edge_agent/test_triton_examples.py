@@ -150,6 +150,13 @@ def test_simple_http_model_control(triton: AgentProcess) -> None:
     np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), in0 + in1)
     with pytest.raises(InferenceServerException, match="failed to load 'wrong_model_name'"):
         client.load_model("wrong_model_name")
+    # The example's override configs: a malformed one must fail with Triton's "failed to load"; a well-formed one
+    # (max_batch_size 8 -> 16) is refused too, on purpose (the signed package's config is what runs)
+    with pytest.raises(InferenceServerException, match="failed to load 'simple'"):
+        client.load_model("simple", config='"parameters": {"config": {{"max_batch_size": "16"}}}')
+    with pytest.raises(InferenceServerException, match="failed to load 'simple': an override config"):
+        client.load_model("simple", config='{"max_batch_size":"16"}')
+    assert client.get_model_config("simple")["max_batch_size"] == 8 and client.is_model_ready("simple")
 
 
 def test_simple_http_string_infer_client(triton: AgentProcess) -> None:
@@ -172,6 +179,25 @@ def test_simple_http_string_infer_client(triton: AgentProcess) -> None:
         for i in range(16):
             assert int(out0[0][i]) == in0[0][i] + in1[0][i]
             assert int(out1[0][i]) == in0[0][i] - in1[0][i]
+
+
+def test_simple_http_string_infer_client_identity(triton: AgentProcess) -> None:
+    """The example's `simple_identity` calls: text with an embedded NUL, then 4-byte blobs, binary and JSON."""
+    client = _client(triton)
+    null_chars = np.array([b"he\x00llo" for _ in range(16)], dtype=np.object_).reshape(1, 16)
+    blobs = np.array([b"\x00\x01\x02\x03" for _ in range(16)], dtype=np.bytes_).reshape(1, 16)
+    for data in (null_chars, blobs):
+        for binary in (True, False):
+            tensor = httpclient.InferInput("INPUT0", list(data.shape), "BYTES")
+            tensor.set_data_from_numpy(data, binary_data=binary)
+            output = httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)
+            got = client.infer("simple_identity", [tensor], outputs=[output]).as_numpy("OUTPUT0")
+            if data.dtype != np.object_:  # the example's checks, per case
+                assert np.array_equal(data, np.char.encode(got.astype(str)))
+            elif binary:
+                assert np.array_equal(data, got)
+            else:
+                assert np.array_equal(data, np.array([str(x).encode() for x in got.flatten()]).reshape(1, 16))
 
 
 def test_bytes_identity_round_trip(triton: AgentProcess) -> None:

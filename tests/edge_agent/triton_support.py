@@ -1,8 +1,11 @@
-"""The models Triton's example clients expect (`simple`, `simple_string`), built as signed packages for a test.
+"""The models Triton's example clients expect (`simple`, `simple_string`, `simple_identity`), built as signed
+packages for a test.
 
 Triton's examples (triton-inference-server/client src/python/examples) call a model repository of their own:
 `simple` adds and subtracts two INT32 [16] tensors, `simple_string` does the same on numbers written as
-strings. These are the same graphs in ONNX, built with the `onnx` helper API and signed with a test key.
+strings, `simple_identity` returns its BYTES [16] input (`simple_http_string_infer_client.py` sends it text
+with an embedded NUL and 4-byte blobs). These are the same graphs in ONNX, built with the `onnx` helper API
+and signed with a test key.
 """
 
 from __future__ import annotations
@@ -16,6 +19,23 @@ from agent_support import AgentProcess, start_agent
 from models.package import build_package, tensor_specs_from_onnx
 from models.signing import generate_keypair, save_public_key
 from models.zoo import PACKAGES_DIR, ZOO_PUBLIC_KEY_FILE
+
+
+def _identity(path: Path) -> None:
+    """INPUT0 [-1,16] BYTES -> OUTPUT0, the same tensor."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        "simple_identity",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, ["N", 16])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, ["N", 16])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def _add_sub(path: Path, *, strings: bool) -> None:
@@ -52,14 +72,17 @@ def _add_sub(path: Path, *, strings: bool) -> None:
 
 
 def write_triton_models(root: Path) -> tuple[Path, Path]:
-    """Signed packages `simple/1` and `simple_string/1` under root/models; returns (models dir, public key)."""
+    """Signed packages `simple/1`, `simple_string/1`, `simple_identity/1` under root/models; (models dir, key)."""
     private, public = generate_keypair()
     key = root / "triton-test.pub"
     save_public_key(public, key)
     models = root / "models"
-    for name, strings in (("simple", False), ("simple_string", True)):
+    for name in ("simple", "simple_string", "simple_identity"):
         graph = root / f"{name}.onnx"
-        _add_sub(graph, strings=strings)
+        if name == "simple_identity":
+            _identity(graph)
+        else:
+            _add_sub(graph, strings=name == "simple_string")
         inputs, outputs = tensor_specs_from_onnx(graph)
         build_package(
             graph,
