@@ -48,11 +48,33 @@ async def load(request: web.Request) -> web.Response:
     if type(parameters) is not dict:
         raise InvalidInput("'parameters' must be a JSON object")
     name = request.match_info["model"]
-    if "config" in parameters or any(str(k).startswith("file:") for k in parameters):
-        # Triton's load errors start "failed to load '<model>'" (simple_http_model_control.py matches on it)
-        raise InvalidInput(f"failed to load '{name}': an override config or files are not supported (signed packages)")
-    await request.app[CONTROL_KEY].load(name)
+    # Triton's load errors start "failed to load '<model>'" (simple_http_model_control.py matches on it)
+    if any(str(k).startswith("file:") for k in parameters):
+        raise InvalidInput(f"failed to load '{name}': override files are not supported (signed packages)")
+    batch = _override_batch(name, parameters["config"]) if "config" in parameters else None
+    await request.app[CONTROL_KEY].load(name, max_batch_size=batch)
     return _empty()
+
+
+def _override_batch(name: str, config: object) -> int:
+    """The override config's max_batch_size: the one field an override may set (model files are signed)."""
+    try:
+        value = json.loads(config) if isinstance(config, str) else None
+    except ValueError:
+        value = None
+    if type(value) is not dict:
+        raise InvalidInput(f"failed to load '{name}': the override config must be a JSON object (a string)")
+    other = sorted(k for k in value if k not in ("name", "max_batch_size"))
+    if other or value.get("name", name) != name:
+        raise InvalidInput(f"failed to load '{name}': override config field(s) {other or ['name']} not supported")
+    batch = value.get("max_batch_size")
+    try:
+        number = int(batch) if isinstance(batch, int | str) and type(batch) is not bool else -1  # int64 as a string
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise InvalidInput(f"failed to load '{name}': max_batch_size must be a non-negative integer")
+    return number
 
 
 async def unload(request: web.Request) -> web.Response:

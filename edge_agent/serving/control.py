@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 from edge_agent.errors import InvalidInput, NotFound, Unavailable
 from edge_agent.serving.core import ServingCore
 from edge_agent.store import collect, version_key
+from models.package import ModelPackage
 
 __all__ = ["ModelControl", "pipeline_models"]
 
@@ -53,8 +55,11 @@ class ModelControl:
         if not self._core.config.standalone:
             raise InvalidInput(FLEET_REFUSAL)
 
-    async def load(self, name: str) -> None:
-        """Load the model's versions found in the model dirs; InvalidInput naming why if it cannot."""
+    async def load(self, name: str, *, max_batch_size: int | None = None) -> None:
+        """Load the model's versions found in the model dirs; InvalidInput naming why if it cannot.
+
+        `max_batch_size` is Triton's override config (the one field supported): every version is reloaded
+        with that batch limit. The signed package's files are unchanged; the limit is this process's only."""
         self._check_allowed()
         core = self._core
         async with self._lock:
@@ -62,6 +67,11 @@ class ModelControl:
             mine = [p for p in packages if p.manifest.name == name]
             if not mine:
                 raise InvalidInput(f"failed to load '{name}', failed to poll from model repository")
+            if max_batch_size is not None:
+                mine = [_with_batch(name, p, max_batch_size) for p in mine]
+                core._registry.deactivate(name)  # reload every version with the override (as Triton does)
+                for version in list(core.models().get(name, {})):
+                    await core.unload(name, version)
             loaded = core.models().get(name, {})
             for pkg in mine:
                 if pkg.manifest.version in loaded:
@@ -90,6 +100,14 @@ class ModelControl:
             core._registry.deactivate(name)  # core.py is at its 400-line cap; the registry is the core's own
             for version in list(versions):
                 await core.unload(name, version)
+
+
+def _with_batch(name: str, pkg: ModelPackage, max_batch_size: int) -> ModelPackage:
+    """`pkg` with another batch limit in memory; a model without a batch axis cannot take one."""
+    if (pkg.manifest.max_batch_size == 0) != (max_batch_size == 0):
+        why = f"max_batch_size {max_batch_size} would change whether the model has a batch axis"
+        raise InvalidInput(f"failed to load '{name}': {why}")
+    return replace(pkg, manifest=pkg.manifest.model_copy(update={"max_batch_size": max_batch_size}))
 
 
 def pipeline_models(core: ServingCore) -> dict[str, tuple[str, str]]:

@@ -151,11 +151,25 @@ def test_simple_http_model_control(triton: AgentProcess) -> None:
     with pytest.raises(InferenceServerException, match="failed to load 'wrong_model_name'"):
         client.load_model("wrong_model_name")
     # The example's override configs: a malformed one must fail with Triton's "failed to load"; a well-formed one
-    # (max_batch_size 8 -> 16) is refused too, on purpose (the signed package's config is what runs)
+    # reloads the model with max_batch_size 16 (the one field an override may set: the package's files are
+    # signed), and a 16-row batch then runs.
     with pytest.raises(InferenceServerException, match="failed to load 'simple'"):
         client.load_model("simple", config='"parameters": {"config": {{"max_batch_size": "16"}}}')
-    with pytest.raises(InferenceServerException, match="failed to load 'simple': an override config"):
-        client.load_model("simple", config='{"max_batch_size":"16"}')
+    with pytest.raises(
+        InferenceServerException, match=r"failed to load 'simple': override config field\(s\) \['input'\]"
+    ):
+        client.load_model("simple", config='{"input": []}')
+    assert client.get_model_config("simple")["max_batch_size"] == 8 and client.is_model_ready("simple")
+    client.load_model("simple", config='{"max_batch_size":"16"}')
+    assert client.get_model_config("simple")["max_batch_size"] == 16 and client.is_model_ready("simple")
+    rows0, rows1 = np.arange(256, dtype=np.int32).reshape(16, 16), np.ones((16, 16), dtype=np.int32)
+    batch = [httpclient.InferInput("INPUT0", [16, 16], "INT32"), httpclient.InferInput("INPUT1", [16, 16], "INT32")]
+    batch[0].set_data_from_numpy(rows0)
+    batch[1].set_data_from_numpy(rows1)
+    np.testing.assert_array_equal(client.infer("simple", batch).as_numpy("OUTPUT0"), rows0 + rows1)
+    client.unload_model("simple")
+    assert not client.is_model_ready("simple")
+    client.load_model("simple")  # without an override: the package's own limit again
     assert client.get_model_config("simple")["max_batch_size"] == 8 and client.is_model_ready("simple")
 
 
