@@ -61,6 +61,7 @@ LAYERS: dict[str, list[list[str]]] = {
         ["cloud_hub.registry"],
         ["cloud_hub.ingest", "cloud_hub.rollouts"],
         ["cloud_hub.api"],
+        ["cloud_hub.dashboard"],
         ["cloud_hub.app"],
         ["cloud_hub.cli"],
         ["cloud_hub.__main__"],
