@@ -12,3 +12,6 @@ for _folder in ("cloud_hub", "edge_agent", "security", "fuzz"):
 
 # The hub and broker fixtures of the security checks serve the MQTT storms as well.
 from fixtures_support import api, hub, hub_broker, hub_data_dir, hub_identity  # noqa: E402, F401
+
+# The agent and session of the two Open Inference Protocol fuzz modules.
+from oip_support import http, oip_agent  # noqa: E402, F401

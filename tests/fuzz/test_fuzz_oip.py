@@ -10,17 +10,15 @@ no 5xx, every 200 body conforms to KServe's schema, and every body is strict JSO
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 import schemathesis
-from agent_support import AgentProcess, start_agent
+from agent_support import AgentProcess
 from hypothesis import HealthCheck, settings
+from oip_support import strict_json
 from schemathesis import Case
-
-from models.zoo import PACKAGES_DIR, ZOO_PUBLIC_KEY_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -34,30 +32,6 @@ FUZZ = settings(
 )
 
 
-def _strict_json(text: str) -> None:
-    def refuse(token: str) -> None:
-        raise AssertionError(f"bare {token} in a JSON response")
-
-    json.loads(text, parse_constant=refuse)
-
-
-@pytest.fixture(scope="module")
-def oip_agent() -> Iterator[AgentProcess]:
-    """`edge-agent serve --standalone` on the zoo."""
-    args = ["serve", "--standalone", "--model-dir", str(PACKAGES_DIR), "--trust", str(ZOO_PUBLIC_KEY_FILE)]
-    process = start_agent([*args, "--port", "0"])
-    yield process
-    assert process.stop() == 0, "".join(process.output)
-    assert "Traceback" not in "".join(process.output)
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[requests.Session]:
-    """One keep-alive session for every generated request."""
-    with requests.Session() as session:
-        yield session
-
-
 @schema.parametrize()
 @FUZZ
 def test_agent_answers_kserve_documented_v2(case: Case, oip_agent: AgentProcess, http: requests.Session) -> None:
@@ -69,6 +43,6 @@ def test_agent_answers_kserve_documented_v2(case: Case, oip_agent: AgentProcess,
     response = case.call(base_url=oip_agent.url, session=http, timeout=30)
     assert response.status_code < 500, response.text[:500]
     if response.headers.get("Content-Type", "").startswith("application/json") and response.content:
-        _strict_json(response.text)
+        strict_json(response.text)
     if response.status_code == 200:
         case.validate_response(response, checks=[schemathesis.checks.response_schema_conformance])

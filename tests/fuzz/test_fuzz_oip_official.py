@@ -9,10 +9,8 @@ every answer the spec documents (200 everywhere, 400 on metadata and infer) conf
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,10 @@ import pytest
 import requests
 import schemathesis
 import yaml
-from agent_support import AgentProcess, start_agent
+from agent_support import AgentProcess
 from hypothesis import HealthCheck, settings
+from oip_support import strict_json
 from schemathesis import Case
-
-from models.zoo import PACKAGES_DIR, ZOO_PUBLIC_KEY_FILE
 
 SPEC = os.environ.get("EDGEFLEET_OIP_SPEC")
 pytestmark = [
@@ -53,26 +50,6 @@ FUZZ = settings(
 )
 
 
-def _refuse(token: str) -> None:
-    raise AssertionError(f"bare {token} in a JSON response")
-
-
-@pytest.fixture(scope="module")
-def oip_agent() -> Iterator[AgentProcess]:
-    """`edge-agent serve --standalone` on the zoo."""
-    args = ["serve", "--standalone", "--model-dir", str(PACKAGES_DIR), "--trust", str(ZOO_PUBLIC_KEY_FILE)]
-    process = start_agent([*args, "--port", "0"])
-    yield process
-    assert process.stop() == 0, "".join(process.output)
-    assert "Traceback" not in "".join(process.output)
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
 @schema.parametrize()
 @FUZZ
 def test_agent_answers_the_official_oip_rest_spec(case: Case, oip_agent: AgentProcess, http: requests.Session) -> None:
@@ -89,7 +66,7 @@ def test_agent_answers_the_official_oip_rest_spec(case: Case, oip_agent: AgentPr
     ):  # health, server metadata, a real model's metadata and readiness
         assert response.status_code == 200, (case.formatted_path, response.status_code, response.text[:300])
     if response.headers.get("Content-Type", "").startswith("application/json") and response.content:
-        json.loads(response.text, parse_constant=_refuse)  # strict JSON: no bare NaN / Infinity
+        strict_json(response.text)
     documented = {"200"} | set(case.operation.definition.raw.get("responses", {}))
     if str(response.status_code) in documented:
         case.validate_response(response, checks=[schemathesis.checks.response_schema_conformance])
